@@ -1,0 +1,32 @@
+"""adjointkit: differentiate through ODE solves in JAX with pluggable adjoints."""
+
+from ._saveat import SaveAt as SaveAt
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import solve as solve
+from ._version import __version__ as __version__
+from .adjoints import AbstractAdjoint as AbstractAdjoint, DirectAdjoint as DirectAdjoint
+from .checkpointing import AbstractCheckpointSchedule as AbstractCheckpointSchedule
+from .controllers import (
+    AbstractController as AbstractController,
+    ConstantStepSize as ConstantStepSize,
+    PIDController as PIDController,
+    rms_norm as rms_norm,
+)
+from .interpolation import (
+    AbstractInterpolation as AbstractInterpolation,
+    DenseInterpolation as DenseInterpolation,
+    HermiteInterpolation as HermiteInterpolation,
+    LinearInterpolation as LinearInterpolation,
+)
+from .solvers import (
+    RK4 as RK4,
+    AbstractSolver as AbstractSolver,
+    Bosh3 as Bosh3,
+    Dopri5 as Dopri5,
+    Dopri8 as Dopri8,
+    Euler as Euler,
+    Heun as Heun,
+    Midpoint as Midpoint,
+    Ralston as Ralston,
+    Tsit5 as Tsit5,
+)

@@ -1,0 +1,100 @@
+"""Input validation: bad input gets a clear error naming what is wrong."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+
+
+def concrete_value(x) -> np.ndarray | None:
+    """`x` as a numpy array if it is known at trace time, else `None`."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return np.asarray(x)
+    except Exception:  # e.g. an abstract value
+        return None
+
+
+def check_scalar_time(name: str, x):
+    x = jnp.asarray(x)
+    if x.ndim != 0:
+        raise ValueError(f"`{name}` must be a scalar, got an array of shape {x.shape}.")
+    if not (
+        jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
+    ):
+        raise TypeError(f"`{name}` must be a real number, got dtype {x.dtype}.")
+    return x
+
+
+def check_state(y0):
+    """`y0` as a pytree of real floating arrays; names the offending leaf."""
+    leaves_with_path = jtu.tree_leaves_with_path(y0)
+    if not leaves_with_path:
+        raise ValueError("`y0` has no arrays: the state must be a non-empty pytree.")
+    for path, leaf in leaves_with_path:
+        arr = jnp.asarray(leaf)
+        where = f"y0{jtu.keystr(path)}" if path else "y0"
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise TypeError(
+                f"`{where}` is complex ({arr.dtype}); adjointkit solves real ODEs: "
+                "split the state into real and imaginary parts."
+            )
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            raise TypeError(
+                f"`{where}` has dtype {arr.dtype}; the state must be floating point "
+                "(e.g. `jnp.asarray(y0, dtype=float)`)."
+            )
+    return jtu.tree_map(jnp.asarray, y0)
+
+
+def _describe(tree) -> str:
+    leaves = jtu.tree_leaves(tree)
+    parts = [f"{tuple(x.shape)} {jnp.dtype(x.dtype).name}" for x in leaves]
+    return f"{jtu.tree_structure(tree)} with leaves [{', '.join(parts)}]"
+
+
+def check_vector_field(f, t, y0, args):
+    """`f(t, y0, args)` must return a pytree with `y0`'s structure, shapes and dtypes.
+
+    Checked at trace time with `jax.eval_shape`, so nothing is computed.
+    """
+    if not callable(f):
+        raise TypeError(
+            f"`f` must be callable as f(t, y, args), got {type(f).__name__}."
+        )
+    out = jax.eval_shape(f, t, y0, args)
+    y_struct = jtu.tree_structure(y0)
+    if jtu.tree_structure(out) != y_struct:
+        raise ValueError(
+            "f(t, y, args) must return a pytree with the same structure as y0: y0 is "
+            f"{_describe(y0)} but f returned {_describe(out)}."
+        )
+    for (path, y_leaf), out_leaf in zip(
+        jtu.tree_leaves_with_path(y0), jtu.tree_leaves(out), strict=True
+    ):
+        if tuple(out_leaf.shape) != tuple(jnp.shape(y_leaf)):
+            raise ValueError(
+                f"f(t, y, args) returned shape {tuple(out_leaf.shape)} for "
+                f"y0{jtu.keystr(path)}, which has shape {tuple(jnp.shape(y_leaf))}: "
+                "f must return an array of the same shape as each state leaf."
+            )
+        if jnp.dtype(out_leaf.dtype) != jnp.dtype(y_leaf.dtype):
+            got, want = jnp.dtype(out_leaf.dtype).name, jnp.dtype(y_leaf.dtype).name
+            raise ValueError(
+                f"f(t, y, args) returned dtype {got} for "
+                f"y0{jtu.keystr(path)}, which has dtype {want}: "
+                "f must keep the state's dtype (check for float64 constants or "
+                "arguments mixed into a float32 state)."
+            )
+
+
+def runtime_check(x, pred, msg: str):
+    """`eqx.error_if`, or an immediate error when `pred` is known at trace time."""
+    concrete = concrete_value(pred)
+    if concrete is not None:
+        if bool(np.any(concrete)):
+            raise ValueError(msg)
+        return x
+    return eqx.error_if(x, pred, msg)

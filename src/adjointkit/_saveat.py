@@ -1,0 +1,65 @@
+"""What a solve returns: which times to save at, and whether to keep dense output."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Real
+
+
+class SaveAt(eqx.Module):
+    """Which values `solve` returns in `Solution.ts` / `Solution.ys`.
+
+    Saved values are concatenated along a leading axis in this order: `t0`, then
+    each of `ts`, then every accepted step (`steps=True`), then `t1`.
+
+    **Arguments:**
+
+    - `t0`: save the initial value.
+    - `t1`: save the final value (the default when nothing else is asked for).
+    - `ts`: save at these times, which must lie in `[t0, t1]` and be ordered in the
+      direction of integration. Values between steps come from the solver's own
+      dense output, so saving does not change the steps taken.
+    - `steps`: save at the end of every accepted step. For adaptive solves the
+      output has `max_steps` rows, the unused ones filled with `inf`.
+    - `dense`: keep the solver's dense output over the whole interval, so that
+      `Solution.evaluate(t)` works. Costs memory in proportion to the number of
+      steps.
+    """
+
+    t0: bool = False
+    t1: bool = False
+    ts: Real[Array, " times"] | None = None
+    steps: bool = False
+    dense: bool = False
+
+    def __init__(
+        self,
+        *,
+        t0: bool = False,
+        t1: bool = False,
+        ts=None,
+        steps: bool = False,
+        dense: bool = False,
+    ):
+        if ts is not None:
+            if isinstance(ts, list | tuple):
+                ts = np.asarray(ts)
+            ts = jnp.asarray(ts)
+            if ts.ndim != 1:
+                raise ValueError(
+                    f"SaveAt(ts=...) must be one-dimensional, got {ts.shape}."
+                )
+            if not jnp.issubdtype(ts.dtype, jnp.floating):
+                ts = ts.astype(jnp.result_type(float))
+        if not (t0 or t1 or ts is not None or steps or dense):
+            t1 = True
+        self.t0 = t0
+        self.t1 = t1
+        self.ts = ts
+        self.steps = steps
+        self.dense = dense
+
+    @property
+    def saves_values(self) -> bool:
+        """Whether `Solution.ys` will hold anything."""
+        return self.t0 or self.t1 or self.ts is not None or self.steps

@@ -1,0 +1,4 @@
+"""Adjoints: how the pullback of a solve is obtained."""
+
+from ._base import AbstractAdjoint as AbstractAdjoint
+from ._direct import DirectAdjoint as DirectAdjoint

@@ -1,0 +1,28 @@
+"""The adjoint seam: how the pullback of a solve is obtained."""
+
+import abc
+
+import equinox as eqx
+
+from .._problem import Problem
+from .._solution import Solution
+
+
+class AbstractAdjoint(eqx.Module):
+    """A way of differentiating a solve.
+
+    An implementation provides `solve(problem) -> Solution`: it runs the forward
+    solve through the one integration loop (`adjointkit._integrate.run`), choosing
+    what to record per step, and owns how reverse-mode differentiation of the result
+    works — by differentiating the loop itself (`DirectAdjoint`), or with a
+    `jax.custom_vjp` that replays steps from checkpoints or solves the adjoint ODE
+    backward in time.
+
+    Every adjoint gives cotangents for `y0`, `args`, the parameters of `f`, `t0`,
+    `t1`, the values saved at `SaveAt(ts=...)` and the times `ts`; where one
+    cannot, it raises an error at trace time rather than return a zero.
+    """
+
+    @abc.abstractmethod
+    def solve(self, problem: Problem) -> Solution:
+        """Run the solve; the result is differentiable the way this adjoint says."""

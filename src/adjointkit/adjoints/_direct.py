@@ -1,0 +1,49 @@
+"""Differentiate the loop itself."""
+
+from .._integrate import run
+from .._problem import Problem
+from .._recording import StepsRecorder, TrajectoryRecorder
+from .._saving import assemble_solution
+from .._solution import Solution
+from ..interpolation import DenseInterpolation
+from ._base import AbstractAdjoint
+
+
+class DirectAdjoint(AbstractAdjoint):
+    """Discretise-then-optimise by differentiating straight through the solver loop.
+
+    Gives the exact derivative of the computed solution, in reverse mode
+    (`jax.grad`, `jax.vjp`) and in forward mode (`jax.jvp`, `jax.jacfwd`).
+
+    Memory: JAX stores every step's intermediate values for the backward pass.
+
+    - Constant steps whose number `N` is known at trace time run as a `lax.scan` of
+      `N` steps: memory grows with `N`, the steps actually taken.
+    - Adaptive steps (or a constant step count only known at run time) run as a
+      scan over `max_steps` iterations that skips once the solve is done: memory and
+      the backward pass's work grow with `max_steps`, however few steps the solve
+      takes, and under `jax.vmap` the skipped iterations are computed too. Keep
+      `max_steps` tight, or use `CheckpointedAdjoint`.
+
+    Values at `SaveAt(ts=...)` are read off the recorded dense output of every step
+    (the solver's own interpolation), which this adjoint stores anyway.
+    """
+
+    def solve(self, problem: Problem) -> Solution:
+        recorders = {}
+        if problem.save_steps:
+            recorders["steps"] = StepsRecorder()
+        if problem.dense or problem.ts is not None:
+            recorders["dense"] = TrajectoryRecorder(
+                interpolation=DenseInterpolation(), solver=problem.solver
+            )
+        state = run(problem, recorders, differentiable=True)
+        trajectory = state.records.get("dense")
+        ys_at_ts = None if problem.ts is None else trajectory.evaluate(problem.ts)
+        return assemble_solution(
+            problem,
+            state,
+            ys_at_ts=ys_at_ts,
+            steps=state.records.get("steps"),
+            dense=trajectory if problem.dense else None,
+        )

@@ -1,0 +1,3 @@
+"""Checkpoint schedules: which step states to keep, and how to recompute the rest."""
+
+from ._base import AbstractCheckpointSchedule as AbstractCheckpointSchedule

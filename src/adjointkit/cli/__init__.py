@@ -1,0 +1,3 @@
+"""The `adjointkit` command line."""
+
+from ._main import main as main

@@ -1,0 +1,62 @@
+"""The step-size seam: who decides where the next step ends."""
+
+import abc
+from collections.abc import Callable
+
+import equinox as eqx
+from jaxtyping import Array, Bool, PyTree, Real
+
+
+class AbstractController(eqx.Module):
+    """Decides step sizes, and whether an attempted step is accepted.
+
+    The loop works in ascending time (a solve backward in time is run in reversed
+    time), so step sizes here are positive. An implementation provides:
+
+    - `adaptive` (class attribute): whether it needs the solver's error estimate.
+    - `init(f, solver, t0, t1, y0, args, dt0, f0) -> (tnext, state)`: the end of
+      the first attempted step, and the controller's state.
+    - `adapt(t0, tnext, y0, y1, y_error, error_order, state)
+      -> (accept, next_t0, next_tnext, state, failed)`: after an attempted step
+      from `t0` to `tnext`, whether to keep it, where the next attempt starts and
+      ends, and whether the controller cannot go on (e.g. the step size fell below
+      `dtmin`). The loop clips `next_tnext` to the end of the interval.
+
+    Step sizes are not differentiated through: controllers see only
+    `lax.stop_gradient`-ed values, except that a constant step size's grid
+    depends (differentiably) on `t0` and `t1`.
+    """
+
+    @property
+    @abc.abstractmethod
+    def adaptive(self) -> bool:
+        """Whether the controller uses the error estimate (and may reject steps)."""
+
+    @abc.abstractmethod
+    def init(
+        self,
+        f: Callable,
+        solver,
+        t0: Real[Array, ""],
+        t1: Real[Array, ""],
+        y0: PyTree,
+        args: PyTree,
+        dt0: Real[Array, ""] | None,
+        f0: PyTree,
+    ) -> tuple[Real[Array, ""], PyTree]:
+        """The end of the first attempted step, and the initial state."""
+
+    @abc.abstractmethod
+    def adapt(
+        self,
+        t0: Real[Array, ""],
+        tnext: Real[Array, ""],
+        y0: PyTree,
+        y1: PyTree,
+        y_error: PyTree | None,
+        error_order: int | None,
+        state: PyTree,
+    ) -> tuple[
+        Bool[Array, ""], Real[Array, ""], Real[Array, ""], PyTree, Bool[Array, ""]
+    ]:
+        """Accept or reject the step just attempted, and propose the next one."""

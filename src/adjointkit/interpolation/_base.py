@@ -1,0 +1,46 @@
+"""The interpolation seam: what to keep per step, and how to read y(t) back."""
+
+import abc
+
+import equinox as eqx
+from jaxtyping import Array, PyTree, Real
+
+
+class AbstractInterpolation(eqx.Module):
+    """A way of reconstructing `y(t)` between steps from data kept during a solve.
+
+    Data are kept at the grid points (shared by the two steps that meet there) and
+    per step. An implementation provides:
+
+    - `point_data(y, f)`: what to keep at a grid point, given the state and the
+      vector field there;
+    - `step_data(dense_info)`: what to keep for a step beyond its two end points
+      (`None` for nothing), given the solver's `dense_info`;
+    - `evaluate(solver, t0, t1, left, right, step, t)`: `y(t)` for `t` in
+      `[t0, t1]`, from the data of that step's two end points and its own.
+
+    `interpolation.Trajectory` stores these for a whole solve and finds the step
+    that contains `t`. Used by `SaveAt(dense=True)` and (by the continuous
+    adjoints) to read the forward solution on the way back.
+    """
+
+    @abc.abstractmethod
+    def point_data(self, y: PyTree, f: PyTree) -> PyTree:
+        """Data kept at a grid point."""
+
+    @abc.abstractmethod
+    def step_data(self, dense_info: PyTree) -> PyTree:
+        """Data kept per step, beyond its end points (or `None`)."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self,
+        solver,
+        t0: Real[Array, ""],
+        t1: Real[Array, ""],
+        left: PyTree,
+        right: PyTree,
+        step: PyTree,
+        t: Real[Array, ""],
+    ) -> PyTree:
+        """`y(t)` on the step `[t0, t1]`."""

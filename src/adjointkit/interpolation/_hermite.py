@@ -1,0 +1,38 @@
+"""Cubic Hermite interpolation between grid points."""
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from ._base import AbstractInterpolation
+
+
+class HermiteInterpolation(AbstractInterpolation):
+    """The cubic through the states and vector fields at both ends of each step.
+
+    Keeps `(y, f(t, y))` per grid point: twice a state per step, whatever the
+    solver. Error O(h⁴) per step, and continuously differentiable across steps.
+    (Hermite interpolation: e.g. Hairer, Nørsett & Wanner I, Section II.6.)
+    """
+
+    def point_data(self, y, f):
+        return (y, f)
+
+    def step_data(self, dense_info):
+        del dense_info
+        return None
+
+    def evaluate(self, solver, t0, t1, left, right, step, t):
+        del solver, step
+        h = t1 - t0
+        s = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        h00 = 1 - s * s * (3 - 2 * s)
+        h01 = s * s * (3 - 2 * s)
+        h10 = s * (1 - s) ** 2
+        h11 = s * s * (s - 1)
+        (y0, f0), (y1, f1) = left, right
+
+        def leaf(a, fa, b, fb):
+            c = [x.astype(a.dtype) for x in (h00, h01, h * h10, h * h11)]
+            return c[0] * a + c[1] * b + c[2] * fa + c[3] * fb
+
+        return jtu.tree_map(leaf, y0, f0, y1, f1)

@@ -1,0 +1,67 @@
+"""A whole solve's interpolation data, and evaluation anywhere in it."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Int, PyTree, Real
+
+from ._base import AbstractInterpolation
+
+
+class Trajectory(eqx.Module):
+    """Interpolation data for every accepted step of a solve.
+
+    Buffers have room for `capacity` steps; the first `count` are filled. Times are
+    in the loop's (ascending) time.
+
+    **Attributes:**
+
+    - `times`: `(capacity + 1,)` grid points; unused entries are `inf`.
+    - `points`: point data per grid point (leading axis `capacity + 1`).
+    - `steps`: step data per step (leading axis `capacity`), or `None`.
+    - `count`: the number of recorded steps.
+    """
+
+    times: Real[Array, " capacity_plus_one"]
+    points: PyTree
+    steps: PyTree
+    count: Int[Array, ""]
+    interpolation: AbstractInterpolation
+    solver: eqx.Module
+
+    def evaluate(self, t: Real[Array, "*shape"]) -> PyTree:
+        """`y(t)`, vectorised over the shape of `t`. A `t` on a grid point is read
+        from the step that ends there (and `t0` from the first step)."""
+        t = jnp.asarray(t, self.times.dtype)
+        flat = jnp.reshape(t, (-1,))
+        out = jax.vmap(self._evaluate_one)(flat)
+        return jtu.tree_map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+
+    def _evaluate_one(self, t):
+        # First step whose end is >= t; unused entries are inf so never chosen
+        # before a real one, and clipping keeps t beyond t1 (by rounding) in range.
+        ends = self.times[1:]
+        j = jnp.searchsorted(ends, t, side="left")
+        j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
+        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
+        y = self.interpolation.evaluate(
+            self.solver,
+            self.times[j],
+            self.times[j + 1],
+            take(self.points, j),
+            take(self.points, j + 1),
+            take(self.steps, j),
+            t,
+        )
+        # With no steps (t0 == t1) the solution is the initial point everywhere.
+        y0 = self.interpolation.evaluate(
+            self.solver,
+            self.times[0],
+            self.times[0],
+            take(self.points, 0),
+            take(self.points, 0),
+            take(self.steps, 0),
+            self.times[0],
+        )
+        return jtu.tree_map(lambda a, b: jnp.where(self.count > 0, a, b), y, y0)

@@ -1,0 +1,48 @@
+"""Shared test problems and comparisons."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+# A nonlinear, non-autonomous 3-d test field: y' = A tanh(y) + 0.3 sin(t).
+A3 = np.array([[-0.5, 1.0, 0.2], [-1.0, -0.3, 0.1], [0.3, -0.2, -0.4]])
+Y3 = np.array([1.0, -0.5, 0.25])
+
+
+def tanh_field(t, y, args):
+    return args["A"] @ jnp.tanh(y) + 0.3 * jnp.sin(t)
+
+
+def linear_field(t, y, args):
+    """y' = M y; exact solution expm(M (t - t0)) y0."""
+    return args @ y
+
+
+# A rotation with decay: eigenvalues -0.1 ± 2i, so solutions oscillate and shrink.
+M2 = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+Y2 = np.array([1.0, 0.5])
+
+
+def linear_exact(M, y0, t0, t):
+    """expm(M (t - t0)) y0 for a scalar or a vector of times `t`."""
+    import scipy.linalg
+
+    t = np.atleast_1d(np.asarray(t, dtype=float))
+    return np.stack([scipy.linalg.expm(M * (ti - t0)) @ y0 for ti in t])
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| over all leaves of two matching pytrees."""
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    num = max(
+        float(jnp.max(jnp.abs(jnp.asarray(x) - jnp.asarray(y))))
+        for x, y in zip(la, lb, strict=True)
+    )
+    den = max(float(jnp.max(jnp.abs(jnp.asarray(y)))) for y in lb)
+    return num / den
+
+
+def convergence_slope(step_sizes, errors) -> float:
+    """Least-squares slope of log(error) against log(step size)."""
+    return float(np.polyfit(np.log(step_sizes), np.log(errors), 1)[0])
