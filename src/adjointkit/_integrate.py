@@ -157,6 +157,9 @@ def attempt_step(
         cause = RESULTS.where(
             tree_all_finite(y1), RESULTS.step_size_too_small, RESULTS.nonfinite_state
         )
+        # The controller may refuse the step after the last one (say, below dtmin
+        # because the interval ended): that is no failure once t1 is reached.
+        failed = failed & (next_t0 < problem.t1)
         result = RESULTS.where(
             (failed | stuck) & (result == RESULTS.successful), cause, result
         )

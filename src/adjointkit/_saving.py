@@ -57,8 +57,9 @@ def assemble_solution(
         ts_parts.append(problem.t1[None])
         ys_parts.append(_one(state.y))
     ts = _stack_parts(ts_parts)
-    if ts is not None:
-        ts = (jnp.asarray(d, t_dtype) * ts) if not _is_one(d) else ts
+    if ts is not None and not _is_one(d):
+        # Unused rows (adaptive `steps=True`) stay `+inf` whatever the direction.
+        ts = jnp.where(jnp.isinf(ts), ts, jnp.asarray(d, t_dtype) * ts)
     stats = {
         "num_steps": state.num_steps,
         "num_accepted_steps": state.num_accepted,

@@ -1,11 +1,13 @@
 """`solve`: validate, normalise into a `Problem`, and hand it to the adjoint."""
 
 from collections.abc import Callable
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
-from jaxtyping import ArrayLike, PyTree
+from jaxtyping import Array, ArrayLike, PyTree
 
 from ._errors import (
     check_scalar_time,
@@ -84,84 +86,36 @@ def solve(
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
 
     y0 = check_state(y0)
-    t0 = check_scalar_time("t0", t0)
-    t1 = check_scalar_time("t1", t1)
     state_dtype = jnp.result_type(*jtu.tree_leaves(y0))
-    time_inputs = [t0, t1] if dt0 is None else [t0, t1, check_scalar_time("dt0", dt0)]
-    # Python numbers (weakly typed) take the state's precision; arrays keep theirs.
-    t_dtype = jnp.result_type(*time_inputs, state_dtype)
-    t0 = t0.astype(t_dtype)
-    t1 = t1.astype(t_dtype)
-    check_vector_field(f, t0, y0, args)
-
-    t0_c, t1_c = concrete_value(t0), concrete_value(t1)
-    if t0_c is not None and t1_c is not None:
-        if not (np.isfinite(t0_c) and np.isfinite(t1_c)):
-            raise ValueError(f"`t0` and `t1` must be finite, got {t0_c} and {t1_c}.")
-        direction = 1 if t1_c >= t0_c else -1
-    else:
-        t0 = runtime_check(
-            t0, ~(jnp.isfinite(t0) & jnp.isfinite(t1)), "`t0` and `t1` must be finite."
+    # Eagerly, so that values known at trace time stay known under `jax.jit` (every
+    # jnp operation would otherwise be staged out, even on Python numbers).
+    with jax.ensure_compile_time_eval():
+        times, checks = _normalise_times(
+            t0, t1, dt0, saveat.ts, state_dtype, controller
         )
-        direction = jnp.where(t1 >= t0, 1, -1).astype(t_dtype)
-
-    s0, s1 = direction * t0, direction * t1
-
-    dt_loop = None
-    if dt0 is not None:
-        dt0 = jnp.asarray(dt0).astype(t_dtype)
-        dt_loop = direction * dt0
-        dt0_c = concrete_value(dt0)
-        if dt0_c is not None:
-            if not np.isfinite(dt0_c) or dt0_c == 0:
-                raise ValueError(f"`dt0` must be finite and nonzero, got {dt0_c}.")
-            if t0_c is not None and t1_c is not None and t1_c != t0_c:
-                if np.sign(dt0_c) != np.sign(t1_c - t0_c):
-                    raise ValueError(
-                        f"`dt0`={dt0_c} has the wrong sign: integrating from "
-                        f"t0={t0_c} to t1={t1_c} needs dt0 "
-                        f"{'> 0' if t1_c > t0_c else '< 0'}."
-                    )
-        dt_loop = runtime_check(
-            dt_loop,
-            (s1 > s0) & ~(dt_loop > 0),
-            "`dt0` has the wrong sign for the direction of integration (or is zero "
-            "or not finite).",
+    for field, pred, message in checks:  # those only decidable at run time
+        times = times._replace(
+            **{field: runtime_check(getattr(times, field), pred, message)}
         )
-
-    num_steps = None
-    if isinstance(controller, ConstantStepSize) and dt0 is not None:
-        values = [concrete_value(x) for x in (s0, s1, dt_loop)]
-        if all(v is not None for v in values):
-            num_steps = int(num_constant_steps(*values, xp=np))
-
-    ts = None
-    if saveat.ts is not None:
-        ts = direction * jnp.asarray(saveat.ts).astype(t_dtype)
-        message = (
-            "SaveAt(ts=...) must lie within [t0, t1] and be ordered in the direction "
-            "of integration."
-        )
-        bad = jnp.any(ts < s0) | jnp.any(ts > s1) | jnp.any(jnp.diff(ts) < 0)
-        ts = runtime_check(ts, bad, message)
+    check_vector_field(f, times.t0, y0, args)
 
     problem = Problem(
         f=f,
         solver=solver,
         controller=controller,
-        t0=s0,
-        t1=s1,
+        t0=times.s0,
+        t1=times.s1,
         y0=y0,
         args=args,
-        dt0=dt_loop,
-        ts=ts,
-        direction=direction,
+        dt0=times.dt_loop,
+        ts=times.ts,
+        direction=times.direction,
         save_t0=saveat.t0,
         save_t1=saveat.t1,
         save_steps=saveat.steps,
         dense=saveat.dense,
         max_steps=max_steps,
-        num_steps=num_steps,
+        num_steps=times.num_steps,
     )
     sol = adjoint.solve(problem)
     if throw:
@@ -179,3 +133,88 @@ def solve(
             direction=sol.direction,
         )
     return sol
+
+
+class _Times(NamedTuple):
+    t0: Array  # in the user's time, with the solve's time dtype
+    s0: Array  # t0, t1, ts and dt0 in loop time (see `Problem`)
+    s1: Array
+    ts: Array | None
+    dt_loop: Array | None
+    direction: object  # 1 or -1, or a traced array
+    num_steps: int | None
+
+
+def _normalise_times(t0, t1, dt0, ts, state_dtype, controller):
+    """Check the times, pick their dtype, and map them to ascending loop time.
+
+    Python numbers (weakly typed) take the state's precision; arrays keep theirs.
+    Checks run now when the values are known; the others are returned as
+    `(field, predicate, message)` for `runtime_check`.
+    """
+    checks = []
+    t0 = check_scalar_time("t0", t0)
+    t1 = check_scalar_time("t1", t1)
+    time_inputs = [t0, t1] if dt0 is None else [t0, t1, check_scalar_time("dt0", dt0)]
+    t_dtype = jnp.result_type(*time_inputs, state_dtype)
+    t0 = t0.astype(t_dtype)
+    t1 = t1.astype(t_dtype)
+
+    t0_c, t1_c = concrete_value(t0), concrete_value(t1)
+    if t0_c is not None and t1_c is not None:
+        if not (np.isfinite(t0_c) and np.isfinite(t1_c)):
+            raise ValueError(f"`t0` and `t1` must be finite, got {t0_c} and {t1_c}.")
+        direction = 1 if t1_c >= t0_c else -1
+    else:
+        checks.append(
+            (
+                "s0",
+                ~(jnp.isfinite(t0) & jnp.isfinite(t1)),
+                "`t0` and `t1` must be finite.",
+            )
+        )
+        direction = jnp.where(t1 >= t0, 1, -1).astype(t_dtype)
+    s0, s1 = direction * t0, direction * t1
+
+    dt_loop = None
+    if dt0 is not None:
+        dt0 = jnp.asarray(dt0).astype(t_dtype)
+        dt0_c = concrete_value(dt0)
+        if dt0_c is not None:
+            if not np.isfinite(dt0_c) or dt0_c == 0:
+                raise ValueError(f"`dt0` must be finite and nonzero, got {dt0_c}.")
+            if t0_c is not None and t1_c is not None and t1_c != t0_c:
+                if np.sign(dt0_c) != np.sign(t1_c - t0_c):
+                    raise ValueError(
+                        f"`dt0`={dt0_c} has the wrong sign: integrating from "
+                        f"t0={t0_c} to t1={t1_c} needs dt0 "
+                        f"{'> 0' if t1_c > t0_c else '< 0'}."
+                    )
+        dt_loop = direction * dt0
+        checks.append(
+            (
+                "dt_loop",
+                (s1 > s0) & ~(dt_loop > 0),
+                "`dt0` has the wrong sign for the direction of integration (or is "
+                "zero or not finite).",
+            )
+        )
+
+    num_steps = None
+    if isinstance(controller, ConstantStepSize) and dt0 is not None:
+        values = [concrete_value(x) for x in (s0, s1, dt_loop)]
+        if all(v is not None for v in values):
+            num_steps = int(num_constant_steps(*values, xp=np))
+
+    if ts is not None:
+        ts = direction * jnp.asarray(ts).astype(t_dtype)
+        bad = jnp.any(ts < s0) | jnp.any(ts > s1) | jnp.any(jnp.diff(ts) < 0)
+        checks.append(
+            (
+                "ts",
+                bad,
+                "SaveAt(ts=...) must lie within [t0, t1] and be ordered in the "
+                "direction of integration.",
+            )
+        )
+    return _Times(t0, s0, s1, ts, dt_loop, direction, num_steps), checks

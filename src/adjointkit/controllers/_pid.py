@@ -5,8 +5,10 @@ from collections.abc import Callable
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree, Real
 
+from .._errors import concrete_value
 from ._base import AbstractController
 from ._initial_step import initial_step_size
 from ._norms import rms_norm
@@ -55,15 +57,19 @@ class PIDController(AbstractController):
     norm: Callable[[PyTree], Real[Array, ""]] = rms_norm
 
     def __check_init__(self):
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if isinstance(value, int | float) and value < 0:
-                raise ValueError(f"PIDController: `{name}` must be non-negative.")
+        rtol, atol = concrete_value(self.rtol), concrete_value(self.atol)
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            if value is not None and (
+                np.any(value < 0) or not np.all(np.isfinite(value))
+            ):
+                raise ValueError(
+                    f"PIDController: `{name}` must be finite and non-negative."
+                )
         if (
-            isinstance(self.rtol, int | float)
-            and isinstance(self.atol, int | float)
-            and self.rtol == 0
-            and self.atol == 0
+            rtol is not None
+            and atol is not None
+            and np.all(rtol == 0)
+            and np.all(atol == 0)
         ):
             raise ValueError("PIDController: `rtol` and `atol` cannot both be zero.")
         if not 0 < self.factormin <= 1 <= self.factormax:

@@ -145,11 +145,13 @@ _c = (
     1.0,
 )
 
-# Seventh-order continuous extension over the 14 stages: row i holds the
-# coefficients of p_i(θ)/θ from θ^5 down to θ^0. Coefficients as tabulated in
+# Continuous extension over the 14 stages (a degree-7 polynomial in θ): row i holds
+# the coefficients of p_i(θ)/θ from θ^5 down to θ^0. Coefficients as tabulated in
 # Diffrax 0.7 (`diffrax/_solver/dopri8.py`), which credits P. Bogacki and
 # L. F. Shampine, "Interpolating high-order Runge--Kutta formulas", Comput. Math.
-# Appl. 20(3), 1990.
+# Appl. 20(3), 1990. Its weights satisfy the order conditions only up to order 5
+# (checked in tests/test_dense_output.py; the error within a step shrinks like h^6),
+# so it is a fifth-order extension: a seventh-order one needs extra stages.
 _dense_highest_first = np.array(
     [
         [-6.3448349392860401388, 22.1396504998094068976, -30.0610568289666450593,
@@ -188,14 +190,15 @@ _dopri8 = ButcherTableau(
     b_error=tuple(x - y for x, y in zip(_b, _b13_embedded + (0.0,), strict=True)),
     embedded_order=7,
     dense=_dense_highest_first[:, ::-1],
-    dense_order=7,
+    dense_order=5,
 )
 
 
 class Dopri8(AbstractExplicitRungeKutta):
     """Prince--Dormand's 8(7) method: eighth order, 13 stages plus an FSAL stage
-    (13 evaluations per step), embedded seventh-order estimate, and a seventh-order
-    continuous extension.
+    (13 evaluations per step), embedded seventh-order estimate, and a free
+    continuous extension of fifth order (so values between steps, `SaveAt(ts)` and
+    `evaluate`, are less accurate than the steps themselves).
 
     References: P. J. Prince and J. R. Dormand, "High order embedded Runge--Kutta
     formulae", J. Comput. Appl. Math. 7, 1981; P. Bogacki and L. F. Shampine,
