@@ -37,6 +37,10 @@ import adjointkit as ak
 from helpers import A3, M2, Y2, Y3, rel_err
 
 
+# Every solve in this file differentiates the loop itself.
+solve = functools.partial(ak.solve, adjoint=ak.DirectAdjoint())
+
+
 # Grid points of dt = 0.05 are multiples of 0.05; save times avoid them, since the
 # dense output is only continuous (not differentiable in t) at grid points.
 TS_FORWARD = (0.123, 0.5071, 0.8642)
@@ -82,7 +86,7 @@ def ak_loss(
     y0, args, t0, t1, ts, w, *, dt0, solver=None, controller=None, max_steps=MAX_STEPS
 ):
     """w-weighted sum of y at `ts` then at `t1` (SaveAt order: ts, t1)."""
-    sol = ak.solve(
+    sol = solve(
         field,
         ak.Tsit5() if solver is None else solver,
         t0,
@@ -214,7 +218,7 @@ def test_gradients_match_central_differences(direction):
 
 def accepted_step_pattern(y0, args, t0, t1, controller, dt0):
     """The accepted step ends of an adaptive solve, and its statistics."""
-    sol = ak.solve(
+    sol = solve(
         field,
         ak.Tsit5(),
         t0,
@@ -243,7 +247,7 @@ def frozen_step_loss(y0, args, t0, t1, w, *, offsets):
         ta, tb = interval
         # dt0 larger than every step: each solve is exactly one step, however ta
         # and tb move (they are traced, so this is a one-iteration bounded loop).
-        sol = ak.solve(field, ak.Tsit5(), ta, tb, y, args, dt0=1.0, max_steps=1)
+        sol = solve(field, ak.Tsit5(), ta, tb, y, args, dt0=1.0, max_steps=1)
         return sol.ys[0], None
 
     y, _ = jax.lax.scan(one_step, y0, (starts, ends))
@@ -269,7 +273,7 @@ def test_adaptive_gradients_are_those_of_the_accepted_step_pattern():
     offsets = jnp.asarray(np.concatenate([[0.0], ends - t0]))
 
     def adaptive_loss(y0, args, t0, t1, w):
-        sol = ak.solve(
+        sol = solve(
             field,
             ak.Tsit5(),
             t0,
@@ -368,7 +372,7 @@ def test_jacfwd_equals_jacrev():
     t0, t1, dt0, ts = interval("forward")
 
     def saved(y0, args, t0, t1):
-        return ak.solve(
+        return solve(
             field,
             ak.Tsit5(),
             t0,
@@ -468,7 +472,7 @@ def test_pytree_states_and_args_equal_diffrax():
         )
 
     def ak_pytree_loss(y0, args):
-        sol = ak.solve(
+        sol = solve(
             oscillator, ak.Tsit5(), 0.0, 1.0, y0, args, dt0=0.05, max_steps=MAX_STEPS
         )
         return readout(sol.ys)
@@ -506,9 +510,7 @@ def test_equinox_module_field_parameters_equal_diffrax():
     @eqx.filter_jit
     @eqx.filter_grad
     def ak_grad(f, y0):
-        sol = ak.solve(
-            f, ak.Tsit5(), 0.0, 1.0, y0, damping, dt0=0.05, max_steps=MAX_STEPS
-        )
+        sol = solve(f, ak.Tsit5(), 0.0, 1.0, y0, damping, dt0=0.05, max_steps=MAX_STEPS)
         return jnp.sum(sol.ys[-1] ** 2)
 
     @eqx.filter_jit
@@ -566,7 +568,7 @@ def test_dense_output_gradients_equal_diffrax(direction):
 
     def ak_dense_loss(args, t):
         saveat = ak.SaveAt(dense=True)
-        sol = ak.solve(
+        sol = solve(
             field, ak.Tsit5(), t0, t1, y0, args, dt0=dt0, saveat=saveat, max_steps=64
         )
         return jnp.sum(w * sol.evaluate(t))
@@ -594,7 +596,7 @@ def test_linear_ode_gradient_equals_expm_frechet():
     c = weights((2,), seed=17)
 
     def loss(M, y0):
-        sol = ak.solve(
+        sol = solve(
             lambda t, y, M: M @ y, ak.Dopri8(), 0.0, T, y0, M, dt0=0.05, max_steps=64
         )
         return jnp.dot(c, sol.ys[-1]), sol.ys[-1]
@@ -623,7 +625,7 @@ def compiled_gradient_temp_bytes(num_steps, dim=16):
     y0 = jnp.ones(dim)
 
     def loss(y0, M):
-        sol = ak.solve(
+        sol = solve(
             lambda t, y, M: M @ jnp.tanh(y),
             ak.Tsit5(),
             0.0,

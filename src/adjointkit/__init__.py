@@ -4,8 +4,17 @@ from ._saveat import SaveAt as SaveAt
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import solve as solve
 from ._version import __version__ as __version__
-from .adjoints import AbstractAdjoint as AbstractAdjoint, DirectAdjoint as DirectAdjoint
-from .checkpointing import AbstractCheckpointSchedule as AbstractCheckpointSchedule
+from .adjoints import (
+    AbstractAdjoint as AbstractAdjoint,
+    CheckpointedAdjoint as CheckpointedAdjoint,
+    DirectAdjoint as DirectAdjoint,
+)
+from .checkpointing import (
+    AbstractCheckpointSchedule as AbstractCheckpointSchedule,
+    AllSteps as AllSteps,
+    BinomialCheckpoints as BinomialCheckpoints,
+    EveryKSteps as EveryKSteps,
+)
 from .controllers import (
     AbstractController as AbstractController,
     ConstantStepSize as ConstantStepSize,

@@ -1,19 +1,21 @@
 """The one stepping loop. Every adjoint runs its solves through `run`.
 
-Three ways to run the same steps, chosen per solve:
+A *stepper* says how one step is taken from a state; `run` drives it:
 
-- `scan`: a constant step size whose number of steps is known at trace time runs
-  as a `lax.scan` of exactly that many steps. Fastest, and differentiable in both
-  modes.
-- `while`: otherwise, a `lax.while_loop` bounded by `max_steps`. Differentiable in
-  forward mode only; adjoints that own their backward pass use it.
-- `bounded`: a `lax.scan` over `max_steps` iterations that skips (by `lax.cond`)
-  once the solve is done, so that reverse mode can differentiate it
-  (`DirectAdjoint`). Stores `max_steps` iterations' worth of residuals.
+- `GridStepper`: constant steps whose number `N` is known at trace time. Its state
+  is the step number and `(y, f)`; the loop is a `lax.scan` of exactly `N` steps:
+  fastest, and differentiable in both modes.
+- `ControlledStepper`: everything else (adaptive steps, or constant steps whose
+  number is only known at run time). Its state holds the time, the proposed next
+  step end, the controller's state and counters. The loop is a `lax.while_loop`
+  bounded by `max_steps` (differentiable in forward mode), or, when reverse mode
+  must work through it (`DirectAdjoint`), a `lax.scan` over `max_steps` iterations
+  that skips by `lax.cond` once the solve is done.
 
-A step is attempted, the controller accepts or rejects it, and every recorder is
-told about it (`_recording.StepRecord`): that per-step hook is how adjoints keep
-what they need without touching the loop.
+Every attempted step is reported to every recorder (`_recording.StepRecord`): that
+per-step hook is how adjoints keep what they need. Adjoints that replay steps on
+their backward pass (checkpointing) call the same `advance` the loop calls, from a
+stored stepper state, so no adjoint copies the loop.
 """
 
 import equinox as eqx
@@ -29,40 +31,35 @@ from ._tree import tree_all_finite, tree_where
 from .controllers._constant import grid_time
 
 
-class LoopState(eqx.Module):
-    """The carry of the loop: where the solve is, and what it has recorded."""
+class GridState(eqx.Module):
+    """Where a `GridStepper` is: before step `n`, at `(y, f(t_n, y))`."""
+
+    n: Int[Array, ""]
+    y: PyTree
+    f: PyTree
+
+
+class ControlledState(eqx.Module):
+    """Where a `ControlledStepper` is: at `(t, y)`, about to attempt a step to
+    `tnext`, after `num_steps` attempts of which `num_accepted` were accepted."""
 
     t: Real[Array, ""]
     tnext: Real[Array, ""]
     y: PyTree
-    solver_state: PyTree
+    f: PyTree
     controller_state: PyTree
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
     result: RESULTS
-    records: dict[str, PyTree]
 
 
-def _dense_like(problem: Problem, f0: PyTree) -> PyTree:
-    """The structure of the solver's `dense_info`, without computing a step."""
-    t0 = problem.t0
-    return jax.eval_shape(
-        lambda: problem.solver.step(
-            problem.vector_field, t0, t0, problem.y0, problem.args, f0
-        )[2]
-    )
+class Summary(eqx.Module):
+    """How a run ended: the final state, counters and outcome."""
 
-
-def _init_records(problem, recorders, f0):
-    dense_like = _dense_like(problem, f0)
-    return {
-        name: rec.init(problem.t0, problem.y0, f0, dense_like, problem.capacity)
-        for name, rec in recorders.items()
-    }
-
-
-def _record_all(recorders, records, step: StepRecord):
-    return {name: rec.record(records[name], step) for name, rec in recorders.items()}
+    y: PyTree
+    num_steps: Int[Array, ""]
+    num_accepted: Int[Array, ""]
+    result: RESULTS
 
 
 def _end_tolerance(problem: Problem):
@@ -77,156 +74,208 @@ def _clip_to_end(problem: Problem, tnext):
     return jnp.where(tnext >= problem.t1 - _end_tolerance(problem), problem.t1, tnext)
 
 
-def init_state(problem: Problem, recorders: dict[str, AbstractRecorder]) -> LoopState:
-    """The loop's state before its first step."""
-    vf = problem.vector_field
-    f0 = problem.solver.init(vf, problem.t0, problem.y0, problem.args)
-    tnext, controller_state = problem.controller.init(
-        vf,
-        problem.solver,
-        problem.t0,
-        problem.t1,
-        problem.y0,
-        problem.args,
-        problem.dt0,
-        f0,
-    )
-    zero = jnp.asarray(0, jnp.int32)
-    return LoopState(
-        t=problem.t0,
-        tnext=_clip_to_end(problem, tnext),
-        y=problem.y0,
-        solver_state=f0,
-        controller_state=controller_state,
-        num_steps=zero,
-        num_accepted=zero,
-        result=RESULTS.successful,
-        records=_init_records(problem, recorders, f0),
-    )
+class GridStepper(eqx.Module):
+    """`problem.num_steps` equal steps over `[t0, t1]`, as a scan."""
+
+    def init(self, problem: Problem) -> GridState:
+        f0 = problem.solver.init(
+            problem.vector_field, problem.t0, problem.y0, problem.args
+        )
+        return GridState(n=jnp.asarray(0, jnp.int32), y=problem.y0, f=f0)
+
+    def advance(
+        self, problem: Problem, state: GridState
+    ) -> tuple[GridState, StepRecord]:
+        """Step `n`: from grid time `n` to `n + 1`."""
+        n, num_steps = state.n, problem.num_steps
+        ta = grid_time(problem.t0, problem.t1, n, num_steps)
+        tb = grid_time(problem.t0, problem.t1, n + 1, num_steps)
+        y1, _, dense_info, f1 = problem.solver.step(
+            problem.vector_field, ta, tb, state.y, problem.args, state.f
+        )
+        step = StepRecord(
+            attempt=n,
+            index=n,
+            t0=ta,
+            t1=tb,
+            y0=state.y,
+            y1=y1,
+            f0=state.f,
+            f1=f1,
+            dense_info=dense_info,
+            accepted=jnp.array(True),
+            state=state,
+        )
+        return GridState(n=n + 1, y=y1, f=f1), step
+
+    def num_attempts(self, problem: Problem) -> int:
+        return min(problem.num_steps, problem.max_steps)
+
+    def summary(self, problem: Problem, state: GridState) -> Summary:
+        n_run = self.num_attempts(problem)
+        result = (
+            RESULTS.successful
+            if n_run == problem.num_steps
+            else RESULTS.max_steps_reached
+        )
+        count = jnp.asarray(n_run, jnp.int32)
+        return Summary(
+            y=state.y,
+            num_steps=count,
+            num_accepted=count,
+            result=result,
+        )
 
 
-def attempt_step(
-    problem: Problem, recorders: dict[str, AbstractRecorder], state: LoopState
-) -> LoopState:
-    """Attempt one step from `state.t` to `state.tnext`; accept or reject it."""
-    solver, controller = problem.solver, problem.controller
-    y1, y_error, dense_info, f1 = solver.step(
-        problem.vector_field,
-        state.t,
-        state.tnext,
-        state.y,
-        problem.args,
-        state.solver_state,
-    )
-    accept, next_t0, next_tnext, controller_state, failed = controller.adapt(
-        state.t,
-        state.tnext,
-        state.y,
-        y1,
-        y_error,
-        solver.error_order,
-        state.controller_state,
-    )
-    records = _record_all(
-        recorders,
-        state.records,
-        StepRecord(
+class ControlledStepper(eqx.Module):
+    """Steps chosen by `problem.controller`, attempted until `t1` is reached."""
+
+    def init(self, problem: Problem) -> ControlledState:
+        vf = problem.vector_field
+        f0 = problem.solver.init(vf, problem.t0, problem.y0, problem.args)
+        tnext, controller_state = problem.controller.init(
+            vf,
+            problem.solver,
+            problem.t0,
+            problem.t1,
+            problem.y0,
+            problem.args,
+            problem.dt0,
+            f0,
+        )
+        zero = jnp.asarray(0, jnp.int32)
+        return ControlledState(
+            t=problem.t0,
+            tnext=_clip_to_end(problem, tnext),
+            y=problem.y0,
+            f=f0,
+            controller_state=controller_state,
+            num_steps=zero,
+            num_accepted=zero,
+            result=RESULTS.successful,
+        )
+
+    def advance(
+        self, problem: Problem, state: ControlledState
+    ) -> tuple[ControlledState, StepRecord]:
+        """Attempt one step from `state.t` to `state.tnext`; accept or reject it."""
+        solver, controller = problem.solver, problem.controller
+        y1, y_error, dense_info, f1 = solver.step(
+            problem.vector_field, state.t, state.tnext, state.y, problem.args, state.f
+        )
+        accept, next_t0, next_tnext, controller_state, failed = controller.adapt(
+            state.t,
+            state.tnext,
+            state.y,
+            y1,
+            y_error,
+            solver.error_order,
+            state.controller_state,
+        )
+        next_tnext = _clip_to_end(problem, next_tnext)
+        result = state.result
+        if controller.adaptive:
+            # A step that cannot be made: the controller gave up (dtmin), or the
+            # step size fell to the floating-point limit. Name the cause: usually a
+            # state gone NaN/inf, which the controller keeps rejecting. A refusal
+            # of the step after the last one (say, below dtmin because the
+            # interval ended) is no failure.
+            tiny = (
+                10
+                * jnp.finfo(next_t0.dtype).eps
+                * jnp.maximum(jnp.abs(next_t0), jnp.abs(problem.t1 - problem.t0))
+            )
+            not_finished = next_t0 < problem.t1
+            stuck = not_finished & (next_tnext - next_t0 <= tiny)
+            cause = RESULTS.where(
+                tree_all_finite(y1),
+                RESULTS.step_size_too_small,
+                RESULTS.nonfinite_state,
+            )
+            result = RESULTS.where(
+                ((failed & not_finished) | stuck) & (result == RESULTS.successful),
+                cause,
+                result,
+            )
+        step = StepRecord(
+            attempt=state.num_steps,
             index=state.num_accepted,
             t0=state.t,
             t1=state.tnext,
             y0=state.y,
             y1=y1,
-            f0=state.solver_state,
+            f0=state.f,
             f1=f1,
             dense_info=dense_info,
             accepted=accept,
-        ),
-    )
-    next_tnext = _clip_to_end(problem, next_tnext)
-    result = state.result
-    if controller.adaptive:
-        # A step that cannot be made: the controller gave up (dtmin), or the step
-        # size fell to the floating-point limit. Name the cause: usually a state
-        # that went NaN/inf, which the controller keeps rejecting.
-        tiny = (
-            10
-            * jnp.finfo(next_t0.dtype).eps
-            * jnp.maximum(jnp.abs(next_t0), jnp.abs(problem.t1 - problem.t0))
+            state=state,
         )
-        stuck = (next_t0 < problem.t1) & (next_tnext - next_t0 <= tiny)
-        cause = RESULTS.where(
-            tree_all_finite(y1), RESULTS.step_size_too_small, RESULTS.nonfinite_state
+        new_state = ControlledState(
+            t=next_t0,
+            tnext=next_tnext,
+            y=tree_where(accept, y1, state.y),
+            f=tree_where(accept, f1, state.f),
+            controller_state=controller_state,
+            num_steps=state.num_steps + 1,
+            num_accepted=state.num_accepted + accept.astype(jnp.int32),
+            result=result,
         )
-        # The controller may refuse the step after the last one (say, below dtmin
-        # because the interval ended): that is no failure once t1 is reached.
-        failed = failed & (next_t0 < problem.t1)
-        result = RESULTS.where(
-            (failed | stuck) & (result == RESULTS.successful), cause, result
+        return new_state, step
+
+    def not_done(self, problem: Problem, state: ControlledState) -> Bool[Array, ""]:
+        return (
+            (state.t < problem.t1)
+            & (state.result == RESULTS.successful)
+            & (state.num_steps < problem.max_steps)
         )
-    return LoopState(
-        t=next_t0,
-        tnext=next_tnext,
-        y=tree_where(accept, y1, state.y),
-        solver_state=tree_where(accept, f1, state.solver_state),
-        controller_state=controller_state,
-        num_steps=state.num_steps + 1,
-        num_accepted=state.num_accepted + accept.astype(jnp.int32),
-        result=result,
-        records=records,
+
+    def summary(self, problem: Problem, state: ControlledState) -> Summary:
+        unfinished = (state.t < problem.t1) & (state.result == RESULTS.successful)
+        return Summary(
+            y=state.y,
+            num_steps=state.num_steps,
+            num_accepted=state.num_accepted,
+            result=RESULTS.where(unfinished, RESULTS.max_steps_reached, state.result),
+        )
+
+
+def make_stepper(problem: Problem) -> GridStepper | ControlledStepper:
+    """The stepper for `problem`: a grid when its step count is known."""
+    return GridStepper() if problem.num_steps is not None else ControlledStepper()
+
+
+def _dense_like(problem: Problem, f0: PyTree) -> PyTree:
+    """The structure of the solver's `dense_info`, without computing a step."""
+    t0 = problem.t0
+    return jax.eval_shape(
+        lambda: problem.solver.step(
+            problem.vector_field, t0, t0, problem.y0, problem.args, f0
+        )[2]
     )
 
 
-def _not_done(problem: Problem, state: LoopState) -> Bool[Array, ""]:
-    return (
-        (state.t < problem.t1)
-        & (state.result == RESULTS.successful)
-        & (state.num_steps < problem.max_steps)
-    )
+def init_records(
+    problem: Problem, recorders: dict[str, AbstractRecorder], f0: PyTree
+) -> dict[str, PyTree]:
+    """Every recorder's empty record."""
+    dense_like = _dense_like(problem, f0)
+    return {
+        name: rec.init(problem.t0, problem.y0, f0, dense_like, problem.capacity)
+        for name, rec in recorders.items()
+    }
 
 
-def _run_grid(problem: Problem, recorders: dict[str, AbstractRecorder]) -> LoopState:
-    """`num_steps` equal steps as a `lax.scan`."""
-    n_total = problem.num_steps
-    n_run = min(n_total, problem.max_steps)
-    t0, t1 = problem.t0, problem.t1
-    vf, solver = problem.vector_field, problem.solver
-    f0 = solver.init(vf, t0, problem.y0, problem.args)
-    records = _init_records(problem, recorders, f0)
+def record_all(recorders, records, step: StepRecord) -> dict[str, PyTree]:
+    return {name: rec.record(records[name], step) for name, rec in recorders.items()}
 
-    def body(carry, n):
-        y, f, records = carry
-        ta = grid_time(t0, t1, n, n_total)
-        tb = grid_time(t0, t1, n + 1, n_total)
-        y1, _, dense_info, f1 = solver.step(vf, ta, tb, y, problem.args, f)
-        step = StepRecord(
-            index=n,
-            t0=ta,
-            t1=tb,
-            y0=y,
-            y1=y1,
-            f0=f,
-            f1=f1,
-            dense_info=dense_info,
-            accepted=jnp.array(True),
-        )
-        return (y1, f1, _record_all(recorders, records, step)), None
 
-    steps = jnp.arange(n_run, dtype=jnp.int32)
-    (y, f, records), _ = lax.scan(body, (problem.y0, f0, records), steps)
-    count = jnp.asarray(n_run, jnp.int32)
-    result = RESULTS.successful if n_run == n_total else RESULTS.max_steps_reached
-    t_end = grid_time(t0, t1, count, n_total)
-    return LoopState(
-        t=t_end,
-        tnext=t_end,
-        y=y,
-        solver_state=f,
-        controller_state=None,
-        num_steps=count,
-        num_accepted=count,
-        result=result,
-        records=records,
-    )
+def advance_n(problem: Problem, stepper, state, num: Int[Array, ""]):
+    """Replay `num` steps from `state`, recording nothing (checkpointing)."""
+
+    def body(_, s):
+        return stepper.advance(problem, s)[0]
+
+    return lax.fori_loop(0, num, body, state)
 
 
 def run(
@@ -234,54 +283,64 @@ def run(
     recorders: dict[str, AbstractRecorder],
     *,
     differentiable: bool,
-) -> LoopState:
+) -> tuple[Summary, PyTree, dict[str, PyTree]]:
     """Integrate `problem` from `t0` to `t1`, telling `recorders` about every step.
 
     **Arguments:**
 
     - `problem`: the validated solve.
-    - `recorders`: what to keep, by name; their records come back in
-      `LoopState.records` under the same names.
-    - `differentiable`: whether reverse-mode differentiation through the loop
-      must work (`DirectAdjoint`); otherwise a `lax.while_loop` is used when the
-      number of steps is not known at trace time.
+    - `recorders`: what to keep, by name.
+    - `differentiable`: whether reverse-mode differentiation through the loop must
+      work (`DirectAdjoint`); otherwise a `lax.while_loop` is used when the number
+      of steps is not known at trace time.
 
-    **Returns:** the final `LoopState`. Its `result` says whether `t1` was reached
-    (`max_steps_reached`, `step_size_too_small` and `nonfinite_state` otherwise).
+    **Returns:** `(summary, final_state, records)`: how the run ended (its `result`
+    says whether `t1` was reached), the stepper's final state, and the records by
+    name.
     """
-    if problem.num_steps is not None:
-        state = _run_grid(problem, recorders)
+    stepper = make_stepper(problem)
+    state = stepper.init(problem)
+    records = init_records(problem, recorders, state.f)
+
+    def body(carry):
+        state, records = carry
+        state, step = stepper.advance(problem, state)
+        return state, record_all(recorders, records, step)
+
+    if isinstance(stepper, GridStepper):
+        (state, records), _ = lax.scan(
+            lambda c, _: (body(c), None),
+            (state, records),
+            None,
+            length=stepper.num_attempts(problem),
+        )
     else:
-        state = init_state(problem, recorders)
-        cond = lambda s: _not_done(problem, s)  # noqa: E731
-        body = lambda s: attempt_step(problem, recorders, s)  # noqa: E731
+        cond = lambda c: stepper.not_done(problem, c[0])  # noqa: E731
         if differentiable:
 
-            def bounded_body(s, _):
-                return lax.cond(cond(s), body, lambda x: x, s), None
+            def bounded_body(c, _):
+                return lax.cond(cond(c), body, lambda x: x, c), None
 
-            state, _ = lax.scan(bounded_body, state, None, length=problem.max_steps)
+            (state, records), _ = lax.scan(
+                bounded_body, (state, records), None, length=problem.max_steps
+            )
         else:
-            state = lax.while_loop(cond, body, state)
-        unfinished = (state.t < problem.t1) & (state.result == RESULTS.successful)
-        state = eqx.tree_at(
-            lambda s: s.result,
-            state,
-            RESULTS.where(unfinished, RESULTS.max_steps_reached, state.result),
-        )
-    finite = tree_all_finite(state.y)
-    result = RESULTS.where(
-        ~finite & (state.result == RESULTS.successful),
-        RESULTS.nonfinite_state,
-        state.result,
+            state, records = lax.while_loop(cond, body, (state, records))
+    summary = stepper.summary(problem, state)
+    nonfinite = ~tree_all_finite(summary.y) & (summary.result == RESULTS.successful)
+    summary = eqx.tree_at(
+        lambda s: s.result,
+        summary,
+        RESULTS.where(nonfinite, RESULTS.nonfinite_state, summary.result),
     )
-    return eqx.tree_at(lambda s: s.result, state, result)
+    return summary, state, records
 
 
-def num_f_evals(problem: Problem, state: LoopState) -> Int[Array, ""]:
-    """Evaluations of `f` a run made: the initial one, the initial-step probe of an
-    adaptive controller choosing `dt0`, and the solver's per-step cost."""
+def num_f_evals(problem: Problem, num_steps: Int[Array, ""]) -> Int[Array, ""]:
+    """Evaluations of `f` a run of `num_steps` attempts made: the initial one, the
+    initial-step probe of an adaptive controller choosing `dt0`, and the solver's
+    per-step cost."""
     extra = 1
     if problem.controller.adaptive and problem.dt0 is None:
         extra += 1
-    return extra + state.num_steps * problem.solver.evals_per_step
+    return extra + num_steps * problem.solver.evals_per_step

@@ -3,12 +3,14 @@
 The loop calls `record(state, step)` on every recorder after every attempted step.
 Adjoints differ in what they keep (nothing, saved values, checkpoints,
 interpolation data); they say so by choosing recorders, never by changing the
-loop.
+loop. Adjoints that own their backward pass also need each recorder's `pullback`:
+the transpose of one `record` call.
 """
 
 import abc
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Int, PyTree, Real
@@ -19,12 +21,15 @@ from .interpolation import AbstractInterpolation, Trajectory
 class StepRecord(eqx.Module):
     """What the loop reports about one attempted step.
 
-    `index` is the number of steps accepted before this one, so an accepted step
-    is step number `index` (0-based). Data recorded at `index` for a rejected step
-    is overwritten by the next attempt, which has the same index: recorders may
-    write unconditionally.
+    `attempt` counts attempts (accepted or not) before this one. `index` is the
+    number of steps accepted before this one, so an accepted step is step number
+    `index` (0-based). Data recorded at `index` for a rejected step is overwritten
+    by the next attempt, which has the same index: recorders may write
+    unconditionally. `state` is the stepper's state before the attempt (what a
+    checkpoint keeps).
     """
 
+    attempt: Int[Array, ""]
     index: Int[Array, ""]
     t0: Real[Array, ""]
     t1: Real[Array, ""]
@@ -34,14 +39,30 @@ class StepRecord(eqx.Module):
     f1: PyTree
     dense_info: PyTree
     accepted: Bool[Array, ""]
+    state: PyTree
+
+
+def inexact(tree: PyTree) -> PyTree:
+    """`tree` with every leaf that is not a floating array replaced by `None`: the
+    structure of a cotangent of `tree`."""
+    return eqx.filter(tree, eqx.is_inexact_array)
 
 
 class AbstractRecorder(eqx.Module):
     """Keeps something from every step of a solve.
 
-    An implementation provides `init(t0, y0, f0, dense_like, capacity) -> state`
-    (`dense_like`: the structure of the solver's `dense_info`; `capacity`: the most
-    steps the solve can take) and `record(state, step: StepRecord) -> state`.
+    An implementation provides:
+
+    - `init(t0, y0, f0, dense_like, capacity) -> state`: the empty record
+      (`dense_like`: the structure of the solver's `dense_info`; `capacity`: the
+      most steps the solve can take);
+    - `record(state, step: StepRecord) -> state`;
+    - `pullback(state, ct_state, step) -> (ct_state, ct_step)`: the transpose of
+      `record` at `step`: given the cotangent of the record after the step, the
+      cotangent of the record before it and of the `StepRecord`. (`state` is any
+      record of the right structure, e.g. the final one; only its shape matters
+      to a linear write.) Cotangents have `None` where a leaf is not floating.
+      Most recorders only write at an index, and use `pullback_by_vjp`.
     """
 
     @abc.abstractmethod
@@ -53,6 +74,23 @@ class AbstractRecorder(eqx.Module):
     @abc.abstractmethod
     def record(self, state: PyTree, step: StepRecord) -> PyTree:
         """The record after one more attempted step."""
+
+    @abc.abstractmethod
+    def pullback(
+        self, state: PyTree, ct_state: PyTree, step: StepRecord
+    ) -> tuple[PyTree, PyTree]:
+        """The transpose of `record` at `step`."""
+
+
+def pullback_by_vjp(recorder: AbstractRecorder, state, ct_state, step):
+    """`pullback` of a `record` that JAX can transpose (writes at an index).
+
+    The transpose of a write zeroes the written entry in the cotangent, so an
+    entry overwritten later (a rejected attempt's, then its successor's) sends its
+    cotangent only to the last write.
+    """
+    _, vjp_fn = eqx.filter_vjp(recorder.record, state, step)
+    return vjp_fn(ct_state)
 
 
 def _set(buffer, index, value):
@@ -73,6 +111,9 @@ class StepsRecorder(AbstractRecorder):
     def record(self, state, step):
         ts, ys = state
         return (_set(ts, step.index, step.t1), _set(ys, step.index, step.y1))
+
+    def pullback(self, state, ct_state, step):
+        return pullback_by_vjp(self, state, ct_state, step)
 
 
 class TrajectoryRecorder(AbstractRecorder):
@@ -107,3 +148,79 @@ class TrajectoryRecorder(AbstractRecorder):
             interpolation=state.interpolation,
             solver=state.solver,
         )
+
+    def pullback(self, state, ct_state, step):
+        return pullback_by_vjp(self, state, ct_state, step)
+
+
+def _ts_in_step(ts, step: StepRecord):
+    """The range `[lo, hi)` of `ts` saved during `step`: those in `(t0, t1]`, and
+    also `t0` itself on the first step; empty for a rejected attempt."""
+    first = step.index == 0
+    lo = jnp.where(
+        first,
+        jnp.searchsorted(ts, step.t0, side="left"),
+        jnp.searchsorted(ts, step.t0, side="right"),
+    )
+    hi = jnp.searchsorted(ts, step.t1, side="right")
+    hi = jnp.where(step.accepted, hi, lo)
+    return lo.astype(jnp.int32), jnp.maximum(hi, lo).astype(jnp.int32)
+
+
+class TsRecorder(AbstractRecorder):
+    """Values at `SaveAt(ts=...)` from the solver's dense output, written as the
+    steps that contain them are accepted.
+
+    The record is `(ys, ts)`: `ts` is carried unchanged so that its cotangent
+    (the sensitivity to the save times) flows back through the record like any
+    other. A save time no step reaches (only when `t0 == t1`) is left for the
+    caller to fill with `y0`.
+    """
+
+    ts: Real[Array, " times"]
+    solver: eqx.Module
+
+    def init(self, t0, y0, f0, dense_like, capacity):
+        del t0, f0, dense_like, capacity
+        return (_empty(y0, self.ts.shape[0]), self.ts)
+
+    def _value(self, step: StepRecord, t):
+        return self.solver.interpolate(step.t0, step.t1, step.y0, step.dense_info, t)
+
+    def record(self, state, step):
+        ys, ts = state
+        lo, hi = _ts_in_step(ts, step)
+
+        def body(i, ys):
+            return _set(ys, i, self._value(step, ts[i]))
+
+        return (lax.fori_loop(lo, hi, body, ys), ts)
+
+    def pullback(self, state, ct_state, step):
+        _, ts = state
+        ct_ys, ct_ts = ct_state
+        lo, hi = _ts_in_step(ts, step)
+        inputs = (step.t0, step.t1, step.y0, step.dense_info)
+        zero = jtu.tree_map(jnp.zeros_like, inexact(inputs))
+
+        def body(i, carry):
+            acc, ct_ys, ct_ts = carry
+            ct_value = jtu.tree_map(lambda c: c[i], ct_ys)
+            _, vjp_fn = eqx.filter_vjp(
+                lambda inp, t: self.solver.interpolate(*inp, t), inputs, ts[i]
+            )
+            ct_inputs, ct_t = vjp_fn(ct_value)
+            acc = jtu.tree_map(jnp.add, acc, ct_inputs)
+            ct_ys = jtu.tree_map(lambda c: c.at[i].set(0), ct_ys)
+            return acc, ct_ys, ct_ts.at[i].add(ct_t)
+
+        acc, ct_ys, ct_ts = lax.fori_loop(lo, hi, body, (zero, ct_ys, ct_ts))
+        ct_t0, ct_t1, ct_y0, ct_dense = acc
+        ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
+        ct_step = eqx.tree_at(
+            lambda s: (s.t0, s.t1, s.y0, s.dense_info),
+            ct_step,
+            (ct_t0, ct_t1, ct_y0, ct_dense),
+            is_leaf=lambda x: x is None,
+        )
+        return (ct_ys, ct_ts), ct_step

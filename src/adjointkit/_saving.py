@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
-from ._integrate import LoopState, num_f_evals
+from ._integrate import Summary, num_f_evals
 from ._problem import Problem
 from ._solution import Solution
 
@@ -22,7 +22,7 @@ def _one(x):
 
 def assemble_solution(
     problem: Problem,
-    state: LoopState,
+    summary: Summary,
     *,
     ys_at_ts: PyTree | None,
     steps: tuple | None,
@@ -33,7 +33,7 @@ def assemble_solution(
 
     **Arguments:**
 
-    - `problem`, `state`: the solve and the loop's final state.
+    - `problem`, `summary`: the solve and how its loop ended.
     - `ys_at_ts`: the values at `problem.ts` (stacked), however the adjoint obtained
       them; `None` if `ts` was not asked for.
     - `steps`: `(ts, ys)` buffers from `StepsRecorder`, or `None`.
@@ -55,16 +55,16 @@ def assemble_solution(
         ys_parts.append(step_ys)
     if problem.save_t1:
         ts_parts.append(problem.t1[None])
-        ys_parts.append(_one(state.y))
+        ys_parts.append(_one(summary.y))
     ts = _stack_parts(ts_parts)
     if ts is not None and not _is_one(d):
         # Unused rows (adaptive `steps=True`) stay `+inf` whatever the direction.
         ts = jnp.where(jnp.isinf(ts), ts, jnp.asarray(d, t_dtype) * ts)
     stats = {
-        "num_steps": state.num_steps,
-        "num_accepted_steps": state.num_accepted,
-        "num_rejected_steps": state.num_steps - state.num_accepted,
-        "num_f_evals": num_f_evals(problem, state),
+        "num_steps": summary.num_steps,
+        "num_accepted_steps": summary.num_accepted,
+        "num_rejected_steps": summary.num_steps - summary.num_accepted,
+        "num_f_evals": num_f_evals(problem, summary.num_steps),
     }
     if extra_stats:
         stats.update(extra_stats)
@@ -74,7 +74,7 @@ def assemble_solution(
         ts=ts,
         ys=_stack_parts(ys_parts),
         stats=stats,
-        result=state.result,
+        result=summary.result,
         dense=dense,
         direction=d,
     )

@@ -19,7 +19,7 @@ from ._errors import (
 from ._problem import Problem
 from ._saveat import SaveAt
 from ._solution import RESULTS, Solution
-from .adjoints import AbstractAdjoint, DirectAdjoint
+from .adjoints import AbstractAdjoint, CheckpointedAdjoint
 from .controllers import AbstractController, ConstantStepSize
 from .controllers._constant import num_constant_steps
 from .solvers import AbstractSolver
@@ -57,7 +57,10 @@ def solve(
       `t1 - t0`.
     - `controller`: `ConstantStepSize()` (default) or `PIDController(rtol, atol)`.
     - `saveat`: which values to return (default `SaveAt(t1=True)`).
-    - `adjoint`: how to differentiate the solve (default `DirectAdjoint()`).
+    - `adjoint`: how to differentiate the solve (default
+      `CheckpointedAdjoint(BinomialCheckpoints())`: the exact gradient of the
+      computed solution in memory that grows like the square root of the number
+      of steps).
     - `max_steps`: the most steps to attempt; the solve fails beyond it.
     - `throw`: on failure (`max_steps` exhausted, NaN/inf state, step size too
       small) raise an error; if `False`, return the partial solution and say why in
@@ -79,7 +82,7 @@ def solve(
     saveat = SaveAt(t1=True) if saveat is None else saveat
     if not isinstance(saveat, SaveAt):
         raise TypeError(f"`saveat` must be a SaveAt, got {saveat!r}.")
-    adjoint = DirectAdjoint() if adjoint is None else adjoint
+    adjoint = CheckpointedAdjoint() if adjoint is None else adjoint
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(f"`adjoint` must be an adjointkit adjoint, got {adjoint!r}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -119,8 +122,11 @@ def solve(
     )
     sol = adjoint.solve(problem)
     if throw:
-        outputs = sol.result.error_if(
-            (sol.ts, sol.ys, sol.dense), sol.result != RESULTS.successful
+        # The outcome is an integer, never differentiated; a custom VJP may still
+        # hand it back wrapped for differentiation, which error_if cannot take.
+        result = jax.lax.stop_gradient(sol.result)
+        outputs = result.error_if(
+            (sol.ts, sol.ys, sol.dense), result != RESULTS.successful
         )
         sol = Solution(
             t0=sol.t0,

@@ -37,13 +37,13 @@ class DirectAdjoint(AbstractAdjoint):
             recorders["dense"] = TrajectoryRecorder(
                 interpolation=DenseInterpolation(), solver=problem.solver
             )
-        state = run(problem, recorders, differentiable=True)
-        trajectory = state.records.get("dense")
+        summary, _, records = run(problem, recorders, differentiable=True)
+        trajectory = records.get("dense")
         ys_at_ts = None if problem.ts is None else trajectory.evaluate(problem.ts)
         return assemble_solution(
             problem,
-            state,
+            summary,
             ys_at_ts=ys_at_ts,
-            steps=state.records.get("steps"),
+            steps=records.get("steps"),
             dense=trajectory if problem.dense else None,
         )

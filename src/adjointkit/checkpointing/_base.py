@@ -4,18 +4,25 @@ import abc
 
 import equinox as eqx
 
+from ._plan import CheckpointPlan
+
 
 class AbstractCheckpointSchedule(eqx.Module):
-    """Decides which loop states a discrete adjoint keeps on the forward pass, and
-    in what order the others are recomputed on the backward pass.
+    """Decides which step states a discrete adjoint keeps on the forward pass, and
+    how many it may hold while recomputing the others on the backward pass.
 
-    An implementation provides `num_recomputed_steps(num_steps) -> int`: how many
-    steps the backward pass re-runs for a solve of `num_steps` steps (used by the
-    benchmarks, and tested against the theory of each schedule). The schedules
-    themselves, and `CheckpointedAdjoint` that drives them, come with the
-    checkpointed adjoint.
+    An implementation provides `plan(num_steps, max_steps) -> CheckpointPlan`:
+    `num_steps` is the number of steps when known at trace time (constant steps),
+    else `None` (the plan must then work online, for any number up to
+    `max_steps`). `num_recomputed_steps(num_steps)` reports how many steps the
+    backward pass re-runs when the number is known in advance.
     """
 
     @abc.abstractmethod
+    def plan(self, num_steps: int | None, max_steps: int) -> CheckpointPlan:
+        """The plan for a solve of `num_steps` steps (or at most `max_steps`)."""
+
     def num_recomputed_steps(self, num_steps: int) -> int:
-        """Steps re-run on the backward pass for a solve of `num_steps` steps."""
+        """Steps re-run by the backward pass for `num_steps` steps known in advance
+        (beyond the single recomputation inside each step's pullback)."""
+        return self.plan(num_steps, num_steps).num_recomputed_steps(num_steps)

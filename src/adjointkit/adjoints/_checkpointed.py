@@ -1,0 +1,209 @@
+"""Exact discrete gradients under a memory budget: replay steps from checkpoints."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._integrate import init_records, make_stepper, run
+from .._problem import Problem
+from .._recording import (
+    StepsRecorder,
+    TrajectoryRecorder,
+    TsRecorder,
+    inexact,
+)
+from .._saving import assemble_solution
+from .._solution import Solution
+from ..checkpointing import AbstractCheckpointSchedule, BinomialCheckpoints
+from ..checkpointing._reverse import reverse_steps
+from ..checkpointing._store import CheckpointRecorder
+from ..interpolation import DenseInterpolation, Trajectory
+from ._base import AbstractAdjoint
+
+
+def _output_recorders(problem: Problem) -> dict:
+    """What the solve returns, kept as it goes: values at `ts`, at every step, and
+    the dense output."""
+    recorders = {}
+    if problem.ts is not None:
+        recorders["ts"] = TsRecorder(ts=problem.ts, solver=problem.solver)
+    if problem.save_steps:
+        recorders["steps"] = StepsRecorder()
+    if problem.dense:
+        recorders["dense"] = TrajectoryRecorder(
+            interpolation=DenseInterpolation(), solver=problem.solver
+        )
+    return recorders
+
+
+def _zeros_where_none(ct, like):
+    """A cotangent for `like` with explicit zeros where `ct` has none."""
+    like = inexact(like)
+    if ct is None:
+        return jtu.tree_map(jnp.zeros_like, like)
+    return jtu.tree_map(
+        lambda x, c: None if x is None else (jnp.zeros_like(x) if c is None else c),
+        like,
+        ct,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def _add(a, b):
+    return jtu.tree_map(jnp.add, a, b)
+
+
+def _plain_records(records: dict) -> dict:
+    """Records without their non-array parts (a `Trajectory`'s interpolation and
+    solver), as a custom-VJP output must be."""
+    return {
+        name: (rec.times, rec.points, rec.steps, rec.count)
+        if isinstance(rec, Trajectory)
+        else rec
+        for name, rec in records.items()
+    }
+
+
+@eqx.filter_custom_vjp
+def _solve(problem: Problem, schedule: AbstractCheckpointSchedule):
+    summary, _, records = run(problem, _output_recorders(problem), differentiable=False)
+    return summary, _plain_records(records)
+
+
+@_solve.def_fwd
+def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule):
+    del perturbed
+    stepper = make_stepper(problem)
+    plan = schedule.plan(problem.num_steps, problem.max_steps)
+    state_like = eqx.filter_eval_shape(stepper.init, problem)
+    recorders = {
+        **_output_recorders(problem),
+        "_checkpoints": CheckpointRecorder(plan=plan, state_like=state_like),
+    }
+    summary, final_state, records = run(problem, recorders, differentiable=False)
+    checkpoints = records.pop("_checkpoints")
+    residuals = (final_state, checkpoints, summary.num_steps, records)
+    return (summary, _plain_records(records)), residuals
+
+
+@_solve.def_bwd
+def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
+    del perturbed
+    final_state, checkpoints, num_steps, records = residuals
+    ct_summary, ct_plain = grad_obj
+    stepper = make_stepper(problem)
+    plan = schedule.plan(problem.num_steps, problem.max_steps)
+    recorders = _output_recorders(problem)
+
+    ct_y = _zeros_where_none(
+        None if ct_summary is None else ct_summary.y, final_state.y
+    )
+    ct_state = eqx.tree_at(
+        lambda s: s.y,
+        jtu.tree_map(jnp.zeros_like, inexact(final_state)),
+        ct_y,
+    )
+    ct_records = {}
+    for name, rec in records.items():
+        ct = None if ct_plain is None else ct_plain.get(name)
+        if isinstance(rec, Trajectory):
+            ct_times, ct_points, ct_steps, _ = ct if ct is not None else (None,) * 4
+            ct = eqx.tree_at(
+                lambda r: (r.times, r.points, r.steps),
+                inexact(rec),
+                (ct_times, ct_points, ct_steps),
+                is_leaf=lambda x: x is None,
+            )
+        ct_records[name] = _zeros_where_none(ct, rec)
+    ct_problem = jtu.tree_map(jnp.zeros_like, inexact(problem))
+
+    def leaf(carry, state, a):
+        del a
+        ct_next, ct_records, ct_problem = carry
+        (_, step), vjp_fn = eqx.filter_vjp(
+            lambda s, p: stepper.advance(p, s), state, problem
+        )
+        ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
+        new_ct_records = {}
+        for name, rec in recorders.items():
+            ct_rec, ct_step_rec = rec.pullback(records[name], ct_records[name], step)
+            new_ct_records[name] = _zeros_where_none(ct_rec, records[name])
+            ct_step = _add(ct_step, _zeros_where_none(ct_step_rec, step))
+        ct_state, ct_problem_step = vjp_fn((ct_next, ct_step))
+        ct_state = _zeros_where_none(ct_state, state)
+        ct_problem = _add(ct_problem, _zeros_where_none(ct_problem_step, problem))
+        return ct_state, new_ct_records, ct_problem
+
+    (ct_state0, ct_records, ct_problem), _ = reverse_steps(
+        problem,
+        stepper,
+        plan,
+        checkpoints,
+        num_steps,
+        final_state,
+        leaf,
+        (ct_state, ct_records, ct_problem),
+    )
+
+    def initial(p: Problem):
+        state0 = make_stepper(p).init(p)
+        return state0, init_records(p, _output_recorders(p), state0.f)
+
+    _, vjp_init = eqx.filter_vjp(initial, problem)
+    (ct_problem_init,) = vjp_init((ct_state0, ct_records))
+    return _add(ct_problem, _zeros_where_none(ct_problem_init, problem))
+
+
+class CheckpointedAdjoint(AbstractAdjoint):
+    """Discretise-then-optimise under a memory budget: the exact gradient of the
+    computed solution (the same as `DirectAdjoint`'s, to rounding), keeping only
+    the step states a checkpoint schedule chooses.
+
+    The forward pass runs the solve once, keeping checkpoints; the backward pass
+    (a custom VJP around the whole solve) replays steps from them and pulls back
+    through one step at a time with `jax.vjp` of a single solver step. Values saved
+    at `SaveAt(ts=...)`, at every step, or as dense output are pulled back at the
+    step that wrote them. Step sizes are not differentiated (as everywhere), and a
+    replayed adaptive step makes the same decisions as the original.
+
+    Reverse mode only: `jax.jvp` through it raises an error (use `DirectAdjoint`
+    for forward mode).
+
+    **Arguments:**
+
+    - `schedule`: `BinomialCheckpoints(num_checkpoints)` (the default, with a
+      number of checkpoints chosen from the number of steps), `AllSteps()`, or
+      `EveryKSteps(k)`.
+    """
+
+    schedule: AbstractCheckpointSchedule = BinomialCheckpoints()
+
+    def solve(self, problem: Problem) -> Solution:
+        summary, records = _solve(problem, self.schedule)
+        ys_at_ts = None
+        if problem.ts is not None:
+            ys_at_ts, _ = records["ts"]
+            # Save times no step reached: only when t0 == t1, where y = y0.
+            ys_at_ts = jtu.tree_map(
+                lambda ys, y0: jnp.where(summary.num_accepted > 0, ys, y0[None]),
+                ys_at_ts,
+                problem.y0,
+            )
+        dense = None
+        if problem.dense:
+            times, points, steps, count = records["dense"]
+            dense = Trajectory(
+                times=times,
+                points=points,
+                steps=steps,
+                count=count,
+                interpolation=DenseInterpolation(),
+                solver=problem.solver,
+            )
+        return assemble_solution(
+            problem,
+            summary,
+            ys_at_ts=ys_at_ts,
+            steps=records.get("steps"),
+            dense=dense,
+        )

@@ -1,0 +1,161 @@
+"""The backward pass of a checkpointed solve: visit every step, last first."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, Int, PyTree
+
+from .._integrate import advance_n
+from .._tree import tree_where
+from ._binomial import split_jnp
+from ._plan import CheckpointPlan
+
+
+class _Machine(eqx.Module):
+    """The loop carry: a stack of ranges left to reverse, the stored states, and
+    the state most recently recomputed."""
+
+    start: Int[Array, " depth"]  # ranges on the stack: first step,
+    length: Int[Array, " depth"]  # number of steps,
+    slots_left: Int[Array, " depth"]  # states they may hold (their start's included),
+    slot: Int[Array, " depth"]  # and where their start state is (-1: `current`)
+    top: Int[Array, ""]  # stack size
+    segments_left: Int[Array, ""]  # outer segments not yet pushed
+    states: PyTree  # one stepper state per slot
+    current: PyTree
+    current_step: Int[Array, ""]
+    recomputed: Int[Array, ""]
+    carry: PyTree
+
+
+def reverse_steps(
+    problem,
+    stepper,
+    plan: CheckpointPlan,
+    checkpoints,
+    num_steps: Int[Array, ""],
+    final_state: PyTree,
+    leaf: Callable[[PyTree, PyTree, Int[Array, ""]], PyTree],
+    carry: PyTree,
+) -> tuple[PyTree, Int[Array, ""]]:
+    """Call `carry = leaf(carry, state_a, a)` for `a = num_steps - 1, ..., 0`, where
+    `state_a` is the stepper state before step `a`, recomputing states from the
+    checkpoints as the plan allows.
+
+    Each range `(start, length, slots)` is reversed as in binomial checkpointing:
+    advance `m = split(length, slots)` steps from its start, store that state (one
+    slot per level of the recursion), reverse the `length - m` steps after it with
+    one state fewer, then the first `m`. The ranges wait on an explicit stack, so
+    the whole backward pass is one `lax.while_loop`, whatever the plan.
+
+    **Returns:** the final `carry`, and the number of steps re-run (for tests and
+    benchmarks).
+    """
+    states, positions, _ = checkpoints
+    depth = plan.root_slots + 2
+    zeros = jnp.zeros((depth,), jnp.int32)
+    if plan.kind == "descent":
+        # The forward pass was revolve's first sweep: continue from its stack.
+        entries = list(plan.descent_stack) or [(0, 0, 1, 0)]
+        init = [jnp.asarray(col, jnp.int32) for col in zip(*entries, strict=True)]
+        start, length, slots_left, slot = (
+            zeros.at[: len(entries)].set(c) for c in init
+        )
+        top = jnp.asarray(len(plan.descent_stack), jnp.int32)
+        seg_start = seg_slot = zeros[:1]
+        num_segments = jnp.asarray(0, jnp.int32)
+    else:
+        big = jnp.iinfo(jnp.int32).max
+        order = jnp.argsort(jnp.where(positions >= 0, positions, big)).astype(jnp.int32)
+        seg_start, seg_slot = positions[order], order
+        num_segments = jnp.sum(positions >= 0).astype(jnp.int32)
+        start = length = slots_left = slot = zeros
+        top = jnp.asarray(0, jnp.int32)
+
+    machine = _Machine(
+        start=start,
+        length=length,
+        slots_left=slots_left,
+        slot=slot,
+        top=top,
+        segments_left=num_segments,
+        states=states,
+        current=final_state,
+        current_step=jnp.asarray(num_steps, jnp.int32),
+        recomputed=jnp.asarray(0, jnp.int32),
+        carry=carry,
+    )
+
+    def push(m: _Machine, a, n, s, where_slot, when=True):
+        i = m.top
+        return eqx.tree_at(
+            lambda x: (x.start, x.length, x.slots_left, x.slot, x.top),
+            m,
+            (
+                m.start.at[i].set(jnp.where(when, a, m.start[i])),
+                m.length.at[i].set(jnp.where(when, n, m.length[i])),
+                m.slots_left.at[i].set(jnp.where(when, s, m.slots_left[i])),
+                m.slot.at[i].set(jnp.where(when, where_slot, m.slot[i])),
+                m.top + jnp.where(when, 1, 0),
+            ),
+        )
+
+    def next_segment(m: _Machine) -> _Machine:
+        """When the stack is empty, push the last segment not yet reversed."""
+        j = jnp.maximum(m.segments_left - 1, 0)
+        end = jnp.where(
+            j + 1 < num_segments,
+            seg_start[jnp.minimum(j + 1, seg_start.shape[0] - 1)],
+            num_steps,
+        )
+        empty = m.top == 0
+        m = push(
+            m, seg_start[j], end - seg_start[j], plan.root_slots, seg_slot[j], empty
+        )
+        return eqx.tree_at(
+            lambda x: x.segments_left, m, m.segments_left - jnp.where(empty, 1, 0)
+        )
+
+    def reverse_one(m: _Machine, a, state) -> _Machine:
+        return eqx.tree_at(lambda x: x.carry, m, leaf(m.carry, state, a))
+
+    def split_range(m: _Machine, a, n, s, where_slot, state) -> _Machine:
+        step = split_jnp(n, s)
+        state = advance_n(problem, stepper, state, step)
+        can_store = s >= 2
+        snapshot = jnp.clip(plan.snapshot_slot(s), 0, plan.num_slots - 1)
+        states = jtu.tree_map(
+            lambda buf, x: buf.at[snapshot].set(jnp.where(can_store, x, buf[snapshot])),
+            m.states,
+            state,
+        )
+        m = eqx.tree_at(
+            lambda x: (x.states, x.current, x.current_step, x.recomputed),
+            m,
+            (states, state, a + step, m.recomputed + step),
+        )
+        m = push(m, a, step, s, where_slot)  # the first `step` steps, later
+        return push(m, a + step, n - step, s - 1, jnp.where(can_store, snapshot, -1))
+
+    def body(m: _Machine) -> _Machine:
+        m = next_segment(m)
+        i = m.top - 1
+        a, n, s, where_slot = m.start[i], m.length[i], m.slots_left[i], m.slot[i]
+        m = eqx.tree_at(lambda x: x.top, m, i)
+        stored = jtu.tree_map(lambda buf: buf[jnp.maximum(where_slot, 0)], m.states)
+        state = tree_where(m.current_step == a, m.current, stored)
+        return lax.cond(
+            n == 1,
+            lambda m: reverse_one(m, a, state),
+            lambda m: split_range(m, a, n, s, where_slot, state),
+            m,
+        )
+
+    def cond(m: _Machine):
+        return (m.top > 0) | (m.segments_left > 0)
+
+    machine = lax.while_loop(cond, body, machine)
+    return machine.carry, machine.recomputed
