@@ -111,6 +111,18 @@ class GridStepper(eqx.Module):
     def num_attempts(self, problem: Problem) -> int:
         return min(problem.num_steps, problem.max_steps)
 
+    def checkpoint(self, state: GridState) -> GridState:
+        """What a checkpoint keeps: the step number and `y`. (`f` is one
+        evaluation away, and would double the memory of every checkpoint.)"""
+        return GridState(n=state.n, y=state.y, f=None)
+
+    def restore(self, problem: Problem, kept: GridState) -> GridState:
+        """The state a checkpoint was taken from (bit for bit: `f` is recomputed
+        exactly as the step that produced it computed it)."""
+        t = grid_time(problem.t0, problem.t1, kept.n, problem.num_steps)
+        f = problem.solver.init(problem.vector_field, t, kept.y, problem.args)
+        return GridState(n=kept.n, y=kept.y, f=f)
+
     def summary(self, problem: Problem, state: GridState) -> Summary:
         n_run = self.num_attempts(problem)
         result = (
@@ -221,6 +233,14 @@ class ControlledStepper(eqx.Module):
             result=result,
         )
         return new_state, step
+
+    def checkpoint(self, state: ControlledState) -> ControlledState:
+        """What a checkpoint keeps: everything but `f`, one evaluation away."""
+        return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
+
+    def restore(self, problem: Problem, kept: ControlledState) -> ControlledState:
+        f = problem.solver.init(problem.vector_field, kept.t, kept.y, problem.args)
+        return eqx.tree_at(lambda s: s.f, kept, f, is_leaf=lambda x: x is None)
 
     def not_done(self, problem: Problem, state: ControlledState) -> Bool[Array, ""]:
         return (

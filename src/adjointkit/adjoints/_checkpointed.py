@@ -75,10 +75,14 @@ def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule
     del perturbed
     stepper = make_stepper(problem)
     plan = schedule.plan(problem.num_steps, problem.max_steps)
-    state_like = eqx.filter_eval_shape(stepper.init, problem)
+    kept_like = eqx.filter_eval_shape(
+        lambda p: stepper.checkpoint(stepper.init(p)), problem
+    )
     recorders = {
         **_output_recorders(problem),
-        "_checkpoints": CheckpointRecorder(plan=plan, state_like=state_like),
+        "_checkpoints": CheckpointRecorder(
+            plan=plan, stepper=stepper, kept_like=kept_like
+        ),
     }
     summary, final_state, records = run(problem, recorders, differentiable=False)
     checkpoints = records.pop("_checkpoints")

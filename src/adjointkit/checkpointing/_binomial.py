@@ -25,6 +25,7 @@ loop, where lengths are only known at run time).
 from math import comb
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def beta(s: int, r: int) -> int:
@@ -62,39 +63,39 @@ def split(length: int, slots: int) -> int:
 
 # --- the same arithmetic on traced int32 scalars -------------------------------
 
-# The traced version looks for r among 0..MAX_REPETITIONS, in straight-line code (a
-# loop on the device would cost a kernel launch per iteration). Optimal schedules
-# need more repetitions only with very few slots: 30 repetitions with 3 slots
-# already reverse C(33, 3) = 5456 steps, with 4 slots 46376, with 8 slots about
-# 10**8. Beyond that the split is clipped into [1, length - 1], which still reverses
-# correctly, only with more recomputation than the bound.
+# The traced version reads β from a table built here, for 0..MAX_REPETITIONS
+# repetitions. Optimal schedules need more only with very few slots: 30
+# repetitions with 3 slots already reverse C(33, 3) = 5456 steps, with 4 slots
+# 46376, with 8 slots about 10**8. Beyond that the split is clipped into
+# [1, length - 1], which still reverses correctly, only with more recomputation
+# than the bound.
 MAX_REPETITIONS = 30
 _CAP = 2**30
 
 
-def _times(value, numerator, denominator):
-    """`value * numerator // denominator` for int32 scalars, saturating at 2**30."""
-    big = value > _CAP // jnp.maximum(numerator, 1)
-    return jnp.where(big, _CAP, (value * numerator) // denominator)
+def beta_table(max_slots: int) -> np.ndarray:
+    """`table[s, r] = min(β(s, r), 2**30)` for s <= max_slots, r <= MAX_REPETITIONS
+    (int32: the cap keeps it exact wherever it is compared with a step count)."""
+    table = np.array(
+        [
+            [min(beta(s, r), _CAP) for r in range(MAX_REPETITIONS + 1)]
+            for s in range(max_slots + 1)
+        ],
+        dtype=np.int64,
+    )
+    return table.astype(np.int32)
 
 
-def split_jnp(length, slots):
-    """`split` for traced int32 `length >= 2` and `slots >= 1`."""
+def split_jnp(length, slots, table):
+    """`split` for traced int32 `length >= 2` and `1 <= slots < len(table)`, with
+    `table = beta_table(...)`."""
     length = jnp.asarray(length, jnp.int32)
     slots = jnp.asarray(slots, jnp.int32)
-    s = jnp.maximum(slots, 2)
-    # beta_s[r] = β(s, r) and beta_sm1[r] = β(s - 1, r), built up in r:
-    # β(s, r) = β(s, r - 1) (s + r) / r.
-    beta_s = [jnp.int32(1)]
-    beta_sm1 = [jnp.int32(1)]
-    for r in range(1, MAX_REPETITIONS + 1):
-        beta_s.append(_times(beta_s[-1], s + r, r))
-        beta_sm1.append(_times(beta_sm1[-1], s - 1 + r, r))
-    beta_s = jnp.stack(beta_s)
-    beta_sm1 = jnp.stack(beta_sm1)
-    r = jnp.sum(beta_s < length).astype(jnp.int32)  # least r with β(s, r) >= length
-    r = jnp.minimum(r, MAX_REPETITIONS)
-    below = jnp.where(r >= 2, beta_s[jnp.maximum(r - 2, 0)], 0)
-    m = jnp.maximum(jnp.maximum(1, below), length - beta_sm1[r])
+    table = jnp.asarray(table)
+    s = jnp.clip(slots, 2, table.shape[0] - 1)
+    row = table[s]
+    r = jnp.minimum(jnp.sum(row < length), MAX_REPETITIONS).astype(jnp.int32)
+    below = jnp.where(r >= 2, row[jnp.maximum(r - 2, 0)], 0)
+    m = jnp.maximum(jnp.maximum(1, below), length - table[s - 1, r])
     m = jnp.clip(m, 1, length - 1)
     return jnp.where(slots <= 1, length - 1, m).astype(jnp.int32)

@@ -10,7 +10,7 @@ from jaxtyping import Array, Int, PyTree
 
 from .._integrate import advance_n
 from .._tree import tree_where
-from ._binomial import split_jnp
+from ._binomial import beta_table, split_jnp
 from ._plan import CheckpointPlan
 
 
@@ -43,7 +43,8 @@ def reverse_steps(
 ) -> tuple[PyTree, Int[Array, ""]]:
     """Call `carry = leaf(carry, state_a, a)` for `a = num_steps - 1, ..., 0`, where
     `state_a` is the stepper state before step `a`, recomputing states from the
-    checkpoints as the plan allows.
+    checkpoints as the plan allows. Stored states are `stepper.checkpoint(state)`
+    and come back through `stepper.restore(problem, kept)`.
 
     Each range `(start, length, slots)` is reversed as in binomial checkpointing:
     advance `m = split(length, slots)` steps from its start, store that state (one
@@ -56,6 +57,7 @@ def reverse_steps(
     """
     states, positions, _ = checkpoints
     depth = plan.root_slots + 2
+    betas = beta_table(plan.root_slots)
     zeros = jnp.zeros((depth,), jnp.int32)
     if plan.kind == "descent":
         # The forward pass was revolve's first sweep: continue from its stack.
@@ -119,40 +121,49 @@ def reverse_steps(
             lambda x: x.segments_left, m, m.segments_left - jnp.where(empty, 1, 0)
         )
 
-    def reverse_one(m: _Machine, a, state) -> _Machine:
-        return eqx.tree_at(lambda x: x.carry, m, leaf(m.carry, state, a))
-
-    def split_range(m: _Machine, a, n, s, where_slot, state) -> _Machine:
-        step = split_jnp(n, s)
-        state = advance_n(problem, stepper, state, step)
-        can_store = s >= 2
-        snapshot = jnp.clip(plan.snapshot_slot(s), 0, plan.num_slots - 1)
-        states = jtu.tree_map(
-            lambda buf, x: buf.at[snapshot].set(jnp.where(can_store, x, buf[snapshot])),
-            m.states,
-            state,
-        )
-        m = eqx.tree_at(
-            lambda x: (x.states, x.current, x.current_step, x.recomputed),
-            m,
-            (states, state, a + step, m.recomputed + step),
-        )
-        m = push(m, a, step, s, where_slot)  # the first `step` steps, later
-        return push(m, a + step, n - step, s - 1, jnp.where(can_store, snapshot, -1))
-
     def body(m: _Machine) -> _Machine:
         m = next_segment(m)
         i = m.top - 1
         a, n, s, where_slot = m.start[i], m.length[i], m.slots_left[i], m.slot[i]
         m = eqx.tree_at(lambda x: x.top, m, i)
-        stored = jtu.tree_map(lambda buf: buf[jnp.maximum(where_slot, 0)], m.states)
-        state = tree_where(m.current_step == a, m.current, stored)
-        return lax.cond(
-            n == 1,
-            lambda m: reverse_one(m, a, state),
-            lambda m: split_range(m, a, n, s, where_slot, state),
-            m,
+        kept = jtu.tree_map(lambda buf: buf[jnp.maximum(where_slot, 0)], m.states)
+        state = lax.cond(
+            m.current_step == a,
+            lambda: m.current,
+            lambda: stepper.restore(problem, kept),
         )
+        is_leaf = n == 1
+        step = split_jnp(jnp.maximum(n, 2), s, betas)
+        # Only small values go through the cond: the stored states are written
+        # after it, so that XLA never copies them.
+        carry, state = lax.cond(
+            is_leaf,
+            lambda: (leaf(m.carry, state, a), state),
+            lambda: (m.carry, advance_n(problem, stepper, state, step)),
+        )
+        # A range longer than one step: keep the state advanced to (if a slot is
+        # left), then reverse the steps after it, then the first `step` ones.
+        split = ~is_leaf
+        store = split & (s >= 2)
+        snapshot = jnp.clip(plan.snapshot_slot(s), 0, plan.num_slots - 1)
+        states = jtu.tree_map(
+            lambda buf, x: buf.at[snapshot].set(jnp.where(store, x, buf[snapshot])),
+            m.states,
+            stepper.checkpoint(state),
+        )
+        m = eqx.tree_at(
+            lambda x: (x.carry, x.states, x.current, x.current_step, x.recomputed),
+            m,
+            (
+                carry,
+                states,
+                tree_where(split, state, m.current),
+                jnp.where(split, a + step, m.current_step),
+                m.recomputed + jnp.where(split, step, 0),
+            ),
+        )
+        m = push(m, a, step, s, where_slot, split)
+        return push(m, a + step, n - step, s - 1, jnp.where(store, snapshot, -1), split)
 
     def cond(m: _Machine):
         return (m.top > 0) | (m.segments_left > 0)

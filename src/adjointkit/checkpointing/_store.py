@@ -1,5 +1,6 @@
 """Keeping stepper states on the forward pass, as a plan says."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
@@ -9,25 +10,26 @@ from ._plan import CheckpointPlan
 
 
 class CheckpointRecorder(AbstractRecorder):
-    """Stores the stepper state before the steps a `CheckpointPlan` keeps.
+    """Stores `stepper.checkpoint(state)` for the steps a `CheckpointPlan` keeps.
 
     The record is `(states, positions, stride)`: `states` has one row per slot,
     `positions[slot]` is the step whose state the slot holds (-1: free), and
     `stride` is the online plan's current stride. Writes go to one slot per step
     (a select of one state), so the cost per step does not grow with the slots.
 
-    `state_like` is the stepper state's structure (it is not known from the
+    `kept_like` is the structure of what a checkpoint keeps (not known from the
     recorder's `init` arguments).
     """
 
     plan: CheckpointPlan
-    state_like: object
+    stepper: eqx.Module
+    kept_like: object
 
     def init(self, t0, y0, f0, dense_like, capacity):
         del t0, y0, f0, dense_like, capacity
         n = self.plan.num_slots
         states = jtu.tree_map(
-            lambda x: jnp.zeros((n, *x.shape), x.dtype), self.state_like
+            lambda x: jnp.zeros((n, *x.shape), x.dtype), self.kept_like
         )
         positions = jnp.full((n,), -1, jnp.int32)
         return states, positions, jnp.asarray(self.plan.stride, jnp.int32)
@@ -60,7 +62,7 @@ class CheckpointRecorder(AbstractRecorder):
         states = jtu.tree_map(
             lambda buf, x: buf.at[slot].set(jnp.where(write, x, buf[slot])),
             states,
-            step.state,
+            self.stepper.checkpoint(step.state),
         )
         positions = positions.at[slot].set(jnp.where(write, a, positions[slot]))
         return states, positions, stride

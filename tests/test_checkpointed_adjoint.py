@@ -1,0 +1,243 @@
+"""`CheckpointedAdjoint`: the exact discrete gradient (DirectAdjoint's, to rounding)
+in the memory its checkpoint schedule allows.
+
+Specifications:
+
+1. Every schedule gives DirectAdjoint's gradients (the same discrete solution,
+   the same chain rule in another order) to 1e-12 relative in float64 — for
+   constant steps known at trace time (revolve), constant steps only known at run
+   time and adaptive steps (online plans) — with respect to y0, args, t0, t1, the
+   values saved at `ts`, at every step and as dense output, and `ts` itself.
+2. They equal Diffrax's `RecursiveCheckpointAdjoint` (constant steps, float64) to
+   1e-10.
+3. They survive `jit`, `vmap`, float32, pytrees, Equinox modules, integration
+   backward in time; forward mode is refused with an error.
+4. Memory (XLA temp bytes of the compiled gradient): `BinomialCheckpoints(c)` is
+   flat in N, `AllSteps` grows linearly, `EveryKSteps(k)` like k + N/k.
+"""
+
+import functools
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adjointkit as ak
+from helpers import A3, Y3, rel_err, tanh_field
+
+
+# Same discrete solution differentiated in another order: rounding only, which
+# accumulates over ~20 steps to ~1e-14 (observed <= 3e-14).
+TOL_SAME = 1e-12
+# Diffrax: the same arithmetic in another order and a differently rounded grid
+# (its first step is dt0 itself); observed ~1e-13, a wrong term would be >= 1e-6.
+TOL_DIFFRAX = 1e-10
+
+SCHEDULES = [
+    ak.AllSteps(),
+    ak.EveryKSteps(3),
+    ak.BinomialCheckpoints(2),
+    ak.BinomialCheckpoints(3),
+    ak.BinomialCheckpoints(),
+]
+TS = jnp.array([0.0, 0.123, 0.5, 0.5, 0.8642, 1.0])
+W = jnp.linspace(-1.0, 1.0, 18).reshape(6, 3)
+
+
+def _loss(adjoint, controller, dt0, y0, args, t0, t1, ts):
+    """A loss touching every differentiable output at once: the final state, the
+    values at `ts`, at every step and the dense output."""
+    saveat = ak.SaveAt(ts=ts, steps=True, t1=True, dense=True)
+    sol = ak.solve(
+        tanh_field, ak.Tsit5(), t0, t1, y0, args, dt0=dt0, controller=controller,
+        saveat=saveat, adjoint=adjoint, max_steps=48,
+    )  # fmt: skip
+    at_ts, at_steps, final = sol.ys[:6], sol.ys[6:-1], sol.ys[-1]
+    unused = ~jnp.isfinite(sol.ts[6:-1])[:, None]  # adaptive: rows past the end
+    out = jnp.sum(W * at_ts) + jnp.sum(jnp.sin(final))
+    out = out + jnp.sum(jnp.where(unused, 0.0, at_steps) ** 2)
+    return out + jnp.sum(sol.evaluate(jnp.array([0.07, 0.61])) ** 2)
+
+
+SOLVES = {
+    # controller, dt0, whether t0/t1 are held fixed (a scan of known length)
+    "constant-known-N": (None, 0.05, True),
+    "constant-runtime-N": (None, 0.05, False),
+    "adaptive": (ak.PIDController(rtol=1e-6, atol=1e-8), None, False),
+}
+
+
+@functools.cache
+def _grads(adjoint, solve_kind):
+    controller, dt0, fixed_times = SOLVES[solve_kind]
+    loss = functools.partial(_loss, adjoint, controller, dt0)
+    args = {"A": jnp.asarray(A3)}
+    y0, ts = jnp.asarray(Y3), TS
+    if fixed_times:
+        grad = jax.jit(
+            jax.grad(lambda y, a, s: loss(y, a, 0.0, 1.0, s), argnums=(0, 1, 2))
+        )
+        return grad(y0, args, ts)
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(y0, args, 0.0, 1.0, ts)
+
+
+@pytest.mark.parametrize("solve_kind", list(SOLVES))
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+def test_equals_direct_adjoint(schedule, solve_kind):
+    """Gradients w.r.t. y0, args, ts (and t0, t1 where traced), through values at
+    ts, at every step, the dense output and the final state."""
+    expected = _grads(ak.DirectAdjoint(), solve_kind)
+    got = _grads(ak.CheckpointedAdjoint(schedule), solve_kind)
+    for g, e in zip(got, expected, strict=True):
+        assert rel_err(g, e) < TOL_SAME
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_equals_diffrax_recursive_checkpoint_adjoint(backward):
+    """Diffrax: Tsit5, ConstantStepSize, dt0 = (t1 - t0)/20,
+    RecursiveCheckpointAdjoint(checkpoints=8), SaveAt(ts=..., t1=True), float64."""
+    t0, t1 = (1.0, 0.0) if backward else (0.0, 1.0)
+    ts = jnp.array([0.123, 0.5, 0.8642])
+    ts = 1.0 - ts if backward else ts
+    w = jnp.linspace(-1.0, 1.0, 9).reshape(3, 3)
+
+    def ak_loss(y0, args, t0, t1, ts):
+        sol = ak.solve(
+            tanh_field, ak.Tsit5(), t0, t1, y0, args, dt0=(t1 - t0) / 20,
+            saveat=ak.SaveAt(ts=ts, t1=True),
+            adjoint=ak.CheckpointedAdjoint(ak.BinomialCheckpoints(4)), max_steps=32,
+        )  # fmt: skip
+        return jnp.sum(w * sol.ys[:3]) + jnp.sum(sol.ys[3] ** 2)
+
+    def dfx_loss(y0, args, t0, t1, ts):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(tanh_field), diffrax.Tsit5(), t0, t1, (t1 - t0) / 20, y0,
+            args, saveat=diffrax.SaveAt(ts=ts, t1=True),
+            adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=8), max_steps=32,
+        )  # fmt: skip
+        return jnp.sum(w * sol.ys[:3]) + jnp.sum(sol.ys[3] ** 2)
+
+    inputs = (jnp.asarray(Y3), {"A": jnp.asarray(A3)}, t0, t1, ts)
+    got = jax.jit(jax.grad(ak_loss, argnums=(0, 1, 2, 3, 4)))(*inputs)
+    expected = jax.jit(jax.grad(dfx_loss, argnums=(0, 1, 2, 3, 4)))(*inputs)
+    for g, e in zip(got, expected, strict=True):
+        assert rel_err(g, e) < TOL_DIFFRAX
+
+
+def _final_loss(adjoint, y0, args, t1=1.0, dtype=jnp.float64):
+    sol = ak.solve(
+        tanh_field, ak.Tsit5(), jnp.asarray(0.0, dtype), jnp.asarray(t1, dtype), y0,
+        args, dt0=jnp.asarray(t1 / 16, dtype), adjoint=adjoint,
+    )  # fmt: skip
+    return jnp.sum(sol.ys[-1] ** 2)
+
+
+def test_vmap_gives_per_example_gradients():
+    adjoint = ak.CheckpointedAdjoint()
+    y0s = jnp.asarray(Y3) * jnp.array([[1.0], [0.5], [-2.0]])
+    args = {"A": jnp.asarray(A3)}
+    grad = jax.grad(functools.partial(_final_loss, adjoint), argnums=(0, 1))
+    batched = jax.jit(jax.vmap(grad, in_axes=(0, None)))(y0s, args)
+    single_grad = jax.jit(grad)
+    for i in range(3):
+        single = single_grad(y0s[i], args)
+        assert rel_err(batched[0][i], single[0]) < TOL_SAME
+        assert rel_err(batched[1]["A"][i], single[1]["A"]) < TOL_SAME
+
+
+def test_float32_gradients_approximate_float64():
+    args64 = {"A": jnp.asarray(A3)}
+    args32 = {"A": jnp.asarray(A3, jnp.float32)}
+    g64 = jax.grad(_final_loss, argnums=2)(
+        ak.CheckpointedAdjoint(), jnp.asarray(Y3), args64
+    )
+    with jax.default_matmul_precision("float32"):
+        g32 = jax.grad(_final_loss, argnums=2)(
+            ak.CheckpointedAdjoint(), jnp.asarray(Y3, jnp.float32), args32, 1.0,
+            jnp.float32,
+        )  # fmt: skip
+    assert g32["A"].dtype == jnp.float32
+    # float32 rounding (6e-8) amplified by ~16 steps of a Lipschitz-1 flow and the
+    # backward pass's sums: ~1e-6; 1e-5 leaves margin, a wrong term is ~1e-2.
+    assert rel_err(g32, g64) < 1e-5
+
+
+def test_pytree_state_and_module_field():
+    class Field(eqx.Module):
+        w: jax.Array
+
+        def __call__(self, t, y, args):
+            return {"x": jnp.tanh(self.w @ y["v"]) * args, "v": -y["x"]}
+
+    def loss(field, y0, args, adjoint):
+        sol = ak.solve(field, ak.Dopri5(), 0.0, 1.5, y0, args, dt0=0.1, adjoint=adjoint)
+        return jnp.sum(sol.ys["x"] ** 2) + jnp.sum(sol.ys["v"])
+
+    field = Field(jnp.asarray(A3[:2, :2]))
+    y0 = {"x": jnp.array([1.0, 0.2]), "v": jnp.array([0.0, -0.3])}
+    grad = eqx.filter_jit(eqx.filter_grad(loss))
+    expected = grad(field, y0, 0.7, ak.DirectAdjoint())
+    for schedule in (ak.AllSteps(), ak.BinomialCheckpoints(3)):
+        got = grad(field, y0, 0.7, ak.CheckpointedAdjoint(schedule))
+        assert rel_err(got.w, expected.w) < TOL_SAME
+
+
+def test_forward_mode_is_refused():
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(
+            lambda y: _final_loss(ak.CheckpointedAdjoint(), y, {"A": jnp.asarray(A3)}),
+            (jnp.asarray(Y3),),
+            (jnp.ones(3),),
+        )
+
+
+# --- memory --------------------------------------------------------------------
+
+# A state big enough that stored states dominate the step's own working memory.
+_BIG = 256
+
+
+def _temp_mib(adjoint, num_steps):
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(_BIG, _BIG)) / _BIG)
+
+    def loss(w):
+        sol = ak.solve(
+            lambda t, y, w: jnp.tanh(y @ w), ak.Tsit5(), 0.0, 1.0,
+            jnp.ones((4, _BIG)), w, dt0=1.0 / num_steps, adjoint=adjoint,
+            max_steps=num_steps,
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1])
+
+    compiled = jax.jit(jax.grad(loss)).lower(w).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def test_binomial_memory_is_flat_in_the_number_of_steps():
+    adjoint = ak.CheckpointedAdjoint(ak.BinomialCheckpoints(8))
+    small, large = _temp_mib(adjoint, 500), _temp_mib(adjoint, 4000)
+    assert large <= 1.25 * small, (small, large)
+
+
+def test_all_steps_memory_grows_linearly():
+    adjoint = ak.CheckpointedAdjoint(ak.AllSteps())
+    m100, m400, m1600 = (_temp_mib(adjoint, n) for n in (100, 400, 1600))
+    # One kept state (y, a (4, 256) float64 array: 8 KiB) per step, on top of the
+    # step's own fixed working memory; 5% covers XLA's alignment of buffers.
+    kept_state = 4 * _BIG * 8 / 2**20
+    assert (m400 - m100) / 300 == pytest.approx(kept_state, rel=0.05)
+    assert (m1600 - m400) / 1200 == pytest.approx(kept_state, rel=0.05)
+
+
+def test_every_k_steps_memory_is_k_plus_n_over_k():
+    n = 400
+    mem = {
+        k: _temp_mib(ak.CheckpointedAdjoint(ak.EveryKSteps(k)), n) for k in (5, 20, 80)
+    }
+    # Stored states: N/k kept + k while reversing a segment: 85, 40, 85 states.
+    assert mem[20] < mem[5] and mem[20] < mem[80]
+    assert mem[5] == pytest.approx(mem[80], rel=0.1)
+    per_state = (mem[5] - mem[20]) / 45
+    assert per_state > 0
