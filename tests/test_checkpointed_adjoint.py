@@ -95,6 +95,26 @@ def test_equals_direct_adjoint(schedule, solve_kind):
         assert rel_err(g, e) < TOL_SAME
 
 
+@pytest.mark.parametrize("adaptive", [False, True], ids=["constant", "adaptive"])
+@pytest.mark.parametrize(
+    "schedule", [ak.AllSteps(), ak.BinomialCheckpoints(3)], ids=repr
+)
+def test_equals_direct_adjoint_backward_in_time(schedule, adaptive):
+    controller = ak.PIDController(rtol=1e-6, atol=1e-8) if adaptive else None
+    dt0 = None if adaptive else -0.05
+    ts = jnp.array([1.0, 0.8642, 0.5, 0.5, 0.123, 0.0])
+
+    def grads(adjoint):
+        loss = functools.partial(_loss, adjoint, controller, dt0)
+        grad = jax.grad(lambda y, a, s: loss(y, a, 1.0, 0.0, s), argnums=(0, 1, 2))
+        return jax.jit(grad)(jnp.asarray(Y3), {"A": jnp.asarray(A3)}, ts)
+
+    expected = grads(ak.DirectAdjoint())
+    got = grads(ak.CheckpointedAdjoint(schedule))
+    for g, e in zip(got, expected, strict=True):
+        assert rel_err(g, e) < TOL_SAME
+
+
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_equals_diffrax_recursive_checkpoint_adjoint(backward):
     """Diffrax: Tsit5, ConstantStepSize, dt0 = (t1 - t0)/20,
@@ -146,6 +166,29 @@ def test_vmap_gives_per_example_gradients():
         single = single_grad(y0s[i], args)
         assert rel_err(batched[0][i], single[0]) < TOL_SAME
         assert rel_err(batched[1]["A"][i], single[1]["A"]) < TOL_SAME
+
+
+def test_vmap_of_adaptive_solves_gives_per_example_gradients():
+    """Each example takes its own number of steps: the batched backward pass must
+    still reverse each one's own steps."""
+
+    def loss(y0, scale):
+        sol = ak.solve(
+            tanh_field, ak.Tsit5(), 0.0, 1.0, y0, {"A": scale * jnp.asarray(A3)},
+            controller=ak.PIDController(rtol=1e-7, atol=1e-9),
+            adjoint=ak.CheckpointedAdjoint(ak.BinomialCheckpoints(3)), max_steps=64,
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    y0s = jnp.asarray(Y3) * jnp.array([[1.0], [0.5], [-2.0]])
+    scales = jnp.array([1.0, 3.0, 0.2])
+    grad = jax.grad(loss, argnums=(0, 1))
+    batched = jax.jit(jax.vmap(grad))(y0s, scales)
+    single_grad = jax.jit(grad)
+    for i in range(3):
+        single = single_grad(y0s[i], scales[i])
+        assert rel_err(batched[0][i], single[0]) < TOL_SAME
+        assert rel_err(batched[1][i], single[1]) < TOL_SAME
 
 
 def test_float32_gradients_approximate_float64():

@@ -7,3 +7,8 @@ from ._problems import (
     lotka_volterra as lotka_volterra,
     neural_ode as neural_ode,
 )
+from ._runners import (
+    adjointkit_loss as adjointkit_loss,
+    diffrax_default_checkpoints as diffrax_default_checkpoints,
+    diffrax_loss as diffrax_loss,
+)

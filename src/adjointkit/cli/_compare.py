@@ -11,22 +11,26 @@ import numpy as np
 from .. import benchmarking as bench
 
 
-def _adjointkit_adjoints():
+def _adjointkit_adjoints(steps: int):
     import adjointkit as ak
 
-    return {"direct": ak.DirectAdjoint()}
+    k = max(1, round(steps**0.5))
+    return {
+        "checkpointed": ak.CheckpointedAdjoint(),
+        "checkpointed-allsteps": ak.CheckpointedAdjoint(ak.AllSteps()),
+        "checkpointed-every-k": ak.CheckpointedAdjoint(ak.EveryKSteps(k)),
+        "direct": ak.DirectAdjoint(),
+    }
 
 
-def _diffrax_adjoints(max_steps):
+def _diffrax_adjoints(steps: int):
     try:
         import diffrax
     except ImportError:
         return {}
     return {
         "diffrax-recursive": diffrax.RecursiveCheckpointAdjoint(),
-        "diffrax-recursive-all": diffrax.RecursiveCheckpointAdjoint(
-            checkpoints=max_steps
-        ),
+        "diffrax-recursive-all": diffrax.RecursiveCheckpointAdjoint(checkpoints=steps),
         "diffrax-direct": diffrax.DirectAdjoint(),
         "diffrax-backsolve": diffrax.BacksolveAdjoint(),
     }
@@ -121,39 +125,8 @@ def _rel_error(grad, ref) -> float:
 
 
 def _measure(problem, steps, adjoint, library, repeats):
-    dt0 = (problem.t1 - problem.t0) / steps
-    if library == "adjointkit":
-        import adjointkit as ak
-
-        def forward(p):
-            sol = ak.solve(
-                problem.f,
-                ak.Tsit5(),
-                problem.t0,
-                problem.t1,
-                problem.y0,
-                p,
-                dt0=dt0,
-                adjoint=adjoint,
-                max_steps=steps,
-            )
-            return problem.loss(sol.ys[-1]), sol.stats["num_f_evals"]
-    else:
-        import diffrax
-
-        def forward(p):
-            sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(problem.f),
-                diffrax.Tsit5(),
-                problem.t0,
-                problem.t1,
-                dt0,
-                problem.y0,
-                p,
-                adjoint=adjoint,
-                max_steps=steps,
-            )
-            return problem.loss(sol.ys[-1]), sol.stats["num_steps"] * 6 + 1
+    make = bench.adjointkit_loss if library == "adjointkit" else bench.diffrax_loss
+    forward = make(problem, adjoint, steps)
 
     def loss(p):
         return forward(p)[0]
@@ -175,14 +148,17 @@ def _measure(problem, steps, adjoint, library, repeats):
 
 
 def run(args) -> int:
-    available = {**{k: ("adjointkit", v) for k, v in _adjointkit_adjoints().items()}}
     steps_list = args.steps or ([20] if args.quick else [100])
     if any(n < 1 for n in steps_list):
         print("adjointkit compare: --steps must be positive integers", file=sys.stderr)
         return 2
-    available.update(
-        {k: ("diffrax", v) for k, v in _diffrax_adjoints(max(steps_list)).items()}
-    )
+
+    def adjoints_for(steps):
+        ours = {k: ("adjointkit", v) for k, v in _adjointkit_adjoints(steps).items()}
+        theirs = {k: ("diffrax", v) for k, v in _diffrax_adjoints(steps).items()}
+        return {**ours, **theirs}
+
+    available = adjoints_for(steps_list[0])
     names = args.adjoints or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -198,11 +174,7 @@ def run(args) -> int:
     rows = []
     for steps in steps_list:
         for name in names:
-            library, adjoint = available[name]
-            if library == "diffrax" and name == "diffrax-recursive-all":
-                import diffrax
-
-                adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=steps)
+            library, adjoint = adjoints_for(steps)[name]
             row, grad = _measure(problem, steps, adjoint, library, repeats)
             row.update(
                 adjoint=name, steps=steps, grad_rel_error=_rel_error(grad, reference)
@@ -256,10 +228,15 @@ def _print_table(rows, problem_name):
             title=f"adjointkit compare: {problem_name} ({jax.default_backend()})"
         )
         for h in headers:
-            table.add_column(h, justify="left" if h == "adjoint" else "right")
+            table.add_column(
+                h, justify="left" if h == "adjoint" else "right", no_wrap=True
+            )
         for line in lines:
             table.add_row(*line)
-        Console().print(table)
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: never squeeze the table
+            console = Console(width=160)
+        console.print(table)
     except ImportError:
         widths = [
             max(len(h), *(len(line[i]) for line in lines))
