@@ -1,13 +1,18 @@
 """adjointkit: differentiate through ODE solves in JAX with pluggable adjoints."""
 
+from ._adjoint_state import AdjointState as AdjointState
 from ._saveat import SaveAt as SaveAt
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import solve as solve
 from ._version import __version__ as __version__
 from .adjoints import (
     AbstractAdjoint as AbstractAdjoint,
+    BacksolveAdjoint as BacksolveAdjoint,
     CheckpointedAdjoint as CheckpointedAdjoint,
     DirectAdjoint as DirectAdjoint,
+    InterpolatedAdjoint as InterpolatedAdjoint,
+    QuadratureAdjoint as QuadratureAdjoint,
+    collect_backward_stats as collect_backward_stats,
 )
 from .checkpointing import (
     AbstractCheckpointSchedule as AbstractCheckpointSchedule,
@@ -19,6 +24,7 @@ from .controllers import (
     AbstractController as AbstractController,
     ConstantStepSize as ConstantStepSize,
     PIDController as PIDController,
+    adjoint_seminorm as adjoint_seminorm,
     rms_norm as rms_norm,
 )
 from .interpolation import (

@@ -116,6 +116,12 @@ class GridStepper(eqx.Module):
         evaluation away, and would double the memory of every checkpoint.)"""
         return GridState(n=state.n, y=state.y, f=None)
 
+    def time(self, problem: Problem, state: GridState) -> Real[Array, ""]:
+        return grid_time(problem.t0, problem.t1, state.n, problem.num_steps)
+
+    def accepted(self, state: GridState) -> Int[Array, ""]:
+        return state.n
+
     def restore(self, problem: Problem, kept: GridState) -> GridState:
         """The state a checkpoint was taken from (bit for bit: `f` is recomputed
         exactly as the step that produced it computed it)."""
@@ -238,6 +244,13 @@ class ControlledStepper(eqx.Module):
         """What a checkpoint keeps: everything but `f`, one evaluation away."""
         return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
 
+    def time(self, problem: Problem, state: ControlledState) -> Real[Array, ""]:
+        del problem
+        return state.t
+
+    def accepted(self, state: ControlledState) -> Int[Array, ""]:
+        return state.num_accepted
+
     def restore(self, problem: Problem, kept: ControlledState) -> ControlledState:
         f = problem.solver.init(problem.vector_field, kept.t, kept.y, problem.args)
         return eqx.tree_at(lambda s: s.f, kept, f, is_leaf=lambda x: x is None)
@@ -296,6 +309,25 @@ def advance_n(problem: Problem, stepper, state, num: Int[Array, ""]):
         return stepper.advance(problem, s)[0]
 
     return lax.fori_loop(0, num, body, state)
+
+
+def replay_recording(
+    problem: Problem,
+    stepper,
+    state,
+    num: Int[Array, ""],
+    recorders: dict[str, AbstractRecorder],
+    records: dict[str, PyTree],
+):
+    """Replay `num` steps from `state`, telling `recorders` about each (rebuilding
+    what a forward pass would have kept, one segment at a time)."""
+
+    def body(_, carry):
+        state, records = carry
+        state, step = stepper.advance(problem, state)
+        return state, record_all(recorders, records, step)
+
+    return lax.fori_loop(0, num, body, (state, records))
 
 
 def run(

@@ -117,10 +117,15 @@ class StepsRecorder(AbstractRecorder):
 
 
 class TrajectoryRecorder(AbstractRecorder):
-    """Interpolation data for every accepted step (`interpolation.Trajectory`)."""
+    """Interpolation data for every accepted step (`interpolation.Trajectory`).
+
+    `offset` is subtracted from each step's index: a replay of the steps from
+    number `offset` on fills a trajectory of its own from its start.
+    """
 
     interpolation: AbstractInterpolation
     solver: eqx.Module
+    offset: Int[Array, ""] | int = 0
 
     def init(self, t0, y0, f0, dense_like, capacity):
         capacity = max(capacity, 1)
@@ -139,7 +144,7 @@ class TrajectoryRecorder(AbstractRecorder):
 
     def record(self, state: Trajectory, step: StepRecord) -> Trajectory:
         point = self.interpolation.point_data(step.y1, step.f1)
-        i = step.index
+        i = step.index - self.offset
         return Trajectory(
             times=state.times.at[i + 1].set(step.t1),
             points=_set(state.points, i + 1, point),

@@ -6,68 +6,26 @@ import jax.tree_util as jtu
 
 from .._integrate import init_records, make_stepper, run
 from .._problem import Problem
-from .._recording import (
-    StepsRecorder,
-    TrajectoryRecorder,
-    TsRecorder,
-    inexact,
-)
-from .._saving import assemble_solution
+from .._recording import inexact
 from .._solution import Solution
 from ..checkpointing import AbstractCheckpointSchedule, BinomialCheckpoints
 from ..checkpointing._reverse import reverse_steps
 from ..checkpointing._store import CheckpointRecorder
-from ..interpolation import DenseInterpolation, Trajectory
+from ..interpolation import Trajectory
 from ._base import AbstractAdjoint
-
-
-def _output_recorders(problem: Problem) -> dict:
-    """What the solve returns, kept as it goes: values at `ts`, at every step, and
-    the dense output."""
-    recorders = {}
-    if problem.ts is not None:
-        recorders["ts"] = TsRecorder(ts=problem.ts, solver=problem.solver)
-    if problem.save_steps:
-        recorders["steps"] = StepsRecorder()
-    if problem.dense:
-        recorders["dense"] = TrajectoryRecorder(
-            interpolation=DenseInterpolation(), solver=problem.solver
-        )
-    return recorders
-
-
-def _zeros_where_none(ct, like):
-    """A cotangent for `like` with explicit zeros where `ct` has none."""
-    like = inexact(like)
-    if ct is None:
-        return jtu.tree_map(jnp.zeros_like, like)
-    return jtu.tree_map(
-        lambda x, c: None if x is None else (jnp.zeros_like(x) if c is None else c),
-        like,
-        ct,
-        is_leaf=lambda x: x is None,
-    )
-
-
-def _add(a, b):
-    return jtu.tree_map(jnp.add, a, b)
-
-
-def _plain_records(records: dict) -> dict:
-    """Records without their non-array parts (a `Trajectory`'s interpolation and
-    solver), as a custom-VJP output must be."""
-    return {
-        name: (rec.times, rec.points, rec.steps, rec.count)
-        if isinstance(rec, Trajectory)
-        else rec
-        for name, rec in records.items()
-    }
+from ._outputs import (
+    output_recorders,
+    plain_records,
+    solution_from_records,
+    tree_add,
+    zeros_where_none,
+)
 
 
 @eqx.filter_custom_vjp
 def _solve(problem: Problem, schedule: AbstractCheckpointSchedule):
-    summary, _, records = run(problem, _output_recorders(problem), differentiable=False)
-    return summary, _plain_records(records)
+    summary, _, records = run(problem, output_recorders(problem), differentiable=False)
+    return summary, plain_records(records)
 
 
 @_solve.def_fwd
@@ -79,7 +37,7 @@ def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule
         lambda p: stepper.checkpoint(stepper.init(p)), problem
     )
     recorders = {
-        **_output_recorders(problem),
+        **output_recorders(problem),
         "_checkpoints": CheckpointRecorder(
             plan=plan, stepper=stepper, kept_like=kept_like
         ),
@@ -87,7 +45,7 @@ def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule
     summary, final_state, records = run(problem, recorders, differentiable=False)
     checkpoints = records.pop("_checkpoints")
     residuals = (final_state, checkpoints, summary.num_steps, records)
-    return (summary, _plain_records(records)), residuals
+    return (summary, plain_records(records)), residuals
 
 
 @_solve.def_bwd
@@ -97,11 +55,9 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
     ct_summary, ct_plain = grad_obj
     stepper = make_stepper(problem)
     plan = schedule.plan(problem.num_steps, problem.max_steps)
-    recorders = _output_recorders(problem)
+    recorders = output_recorders(problem)
 
-    ct_y = _zeros_where_none(
-        None if ct_summary is None else ct_summary.y, final_state.y
-    )
+    ct_y = zeros_where_none(None if ct_summary is None else ct_summary.y, final_state.y)
     ct_state = eqx.tree_at(
         lambda s: s.y,
         jtu.tree_map(jnp.zeros_like, inexact(final_state)),
@@ -118,7 +74,7 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
                 (ct_times, ct_points, ct_steps),
                 is_leaf=lambda x: x is None,
             )
-        ct_records[name] = _zeros_where_none(ct, rec)
+        ct_records[name] = zeros_where_none(ct, rec)
     ct_problem = jtu.tree_map(jnp.zeros_like, inexact(problem))
 
     def leaf(carry, state, a):
@@ -131,11 +87,11 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
         new_ct_records = {}
         for name, rec in recorders.items():
             ct_rec, ct_step_rec = rec.pullback(records[name], ct_records[name], step)
-            new_ct_records[name] = _zeros_where_none(ct_rec, records[name])
-            ct_step = _add(ct_step, _zeros_where_none(ct_step_rec, step))
+            new_ct_records[name] = zeros_where_none(ct_rec, records[name])
+            ct_step = tree_add(ct_step, zeros_where_none(ct_step_rec, step))
         ct_state, ct_problem_step = vjp_fn((ct_next, ct_step))
-        ct_state = _zeros_where_none(ct_state, state)
-        ct_problem = _add(ct_problem, _zeros_where_none(ct_problem_step, problem))
+        ct_state = zeros_where_none(ct_state, state)
+        ct_problem = tree_add(ct_problem, zeros_where_none(ct_problem_step, problem))
         return ct_state, new_ct_records, ct_problem
 
     (ct_state0, ct_records, ct_problem), _ = reverse_steps(
@@ -151,11 +107,11 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
 
     def initial(p: Problem):
         state0 = make_stepper(p).init(p)
-        return state0, init_records(p, _output_recorders(p), state0.f)
+        return state0, init_records(p, output_recorders(p), state0.f)
 
     _, vjp_init = eqx.filter_vjp(initial, problem)
     (ct_problem_init,) = vjp_init((ct_state0, ct_records))
-    return _add(ct_problem, _zeros_where_none(ct_problem_init, problem))
+    return tree_add(ct_problem, zeros_where_none(ct_problem_init, problem))
 
 
 class CheckpointedAdjoint(AbstractAdjoint):
@@ -184,30 +140,4 @@ class CheckpointedAdjoint(AbstractAdjoint):
 
     def solve(self, problem: Problem) -> Solution:
         summary, records = _solve(problem, self.schedule)
-        ys_at_ts = None
-        if problem.ts is not None:
-            ys_at_ts, _ = records["ts"]
-            # Save times no step reached: only when t0 == t1, where y = y0.
-            ys_at_ts = jtu.tree_map(
-                lambda ys, y0: jnp.where(summary.num_accepted > 0, ys, y0[None]),
-                ys_at_ts,
-                problem.y0,
-            )
-        dense = None
-        if problem.dense:
-            times, points, steps, count = records["dense"]
-            dense = Trajectory(
-                times=times,
-                points=points,
-                steps=steps,
-                count=count,
-                interpolation=DenseInterpolation(),
-                solver=problem.solver,
-            )
-        return assemble_solution(
-            problem,
-            summary,
-            ys_at_ts=ys_at_ts,
-            steps=records.get("steps"),
-            dense=dense,
-        )
+        return solution_from_records(problem, summary, records)

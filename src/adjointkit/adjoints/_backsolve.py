@@ -1,0 +1,60 @@
+"""The adjoint ODE run backward with the primal ODE beside it."""
+
+from .._problem import Problem
+from .._solution import Solution
+from ._base import AbstractAdjoint
+from ._continuous import _Spec, check_continuous, continuous_solve
+from ._outputs import solution_from_records
+
+
+class BacksolveAdjoint(AbstractAdjoint):
+    """Optimise-then-discretise with O(1) memory: the forward pass keeps only the
+    saved values; the backward pass integrates `(y, a, a_θ)` from `t1` back to
+    `t0`, re-solving the primal ODE backward in time alongside the adjoint
+    `a' = -(df/dy)^T a` and the parameter cotangent `a_θ' = -(df/dθ)^T a`
+    (Chen et al., "Neural ordinary differential equations", NeurIPS 2018).
+
+    The gradient is that of the continuous problem, approximated to the backward
+    solve's tolerance: it differs from the discrete gradient of the computed
+    solution by O(tolerance).
+
+    !!! warning
+        Solving the primal backward in time is unstable for dissipative or stiff
+        dynamics (contracting forward means expanding backward): the recomputed
+        `y(t)` can drift far from the forward solution, and the gradient with
+        it. `reanchor=True` resets `y` to the stored forward value at every save
+        time, which helps only where there are save times. Prefer
+        `InterpolatedAdjoint` or `QuadratureAdjoint` for such problems.
+
+    **Arguments:**
+
+    - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `seminorm`: with an adaptive controller, leave `a_θ` out of the error norm
+      (`adjoint_seminorm`). Often fewer backward steps; but `a_θ` is then not
+      error-controlled, and where `df/dθ` varies faster than `y` and `a` it is
+      integrated with steps too long for it. Off by default.
+    - `reanchor`: at each `SaveAt(ts=...)` time, reset `y` to the forward value.
+
+    Memory is independent of the number of steps. Statistics of the backward
+    solve: `collect_backward_stats`.
+    """
+
+    solver: object = None
+    controller: object = None
+    seminorm: bool = False
+    reanchor: bool = True
+
+    def solve(self, problem: Problem) -> Solution:
+        spec = _Spec(
+            mode="backsolve",
+            interpolation=None,
+            checkpoints=None,
+            solver=self.solver,
+            controller=self.controller,
+            seminorm=self.seminorm,
+            reanchor=self.reanchor,
+            quadrature_order=None,
+        )
+        check_continuous(problem, "BacksolveAdjoint", spec)
+        summary, records = continuous_solve(problem, spec)
+        return solution_from_records(problem, summary, records)

@@ -1,0 +1,492 @@
+"""Optimise-then-discretise: the adjoint ODE, solved backward in time.
+
+With a(t) = dL/dy(t), the pullback of y(T) = solve(f, y0, θ, t0, T) is
+
+    a' = -(df/dy)^T a,  a(T) = dL/dy(T),       dL/dθ = ∫ a^T df/dθ dt,
+    dL/dy0 = a(t0),  dL/dT = <dL/dy(T), f(T, y(T))>,  dL/dt0 = -<a(t0), f(t0, y0)>,
+
+and with values saved at times t_i the adjoint jumps by dL/dy(t_i) there, with
+dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>. Every product a^T df/dy, a^T df/dθ is one
+`jax.vjp` of f. The three adjoints differ in where the backward solve reads y(t)
+and how it accumulates dL/dθ:
+
+- `BacksolveAdjoint`: y runs backward alongside, state (y, a, a_θ);
+- `InterpolatedAdjoint`: y from an interpolation of the forward solve (optionally
+  rebuilt segment by segment from checkpoints), state (a, a_θ);
+- `QuadratureAdjoint`: y likewise, state a alone; dL/dθ by Gauss--Legendre
+  quadrature over each backward step, from the backward solver's dense output.
+
+Everything runs in the forward solve's loop time (ascending, see `Problem`); a
+backward solve is another `Problem` with direction -1, run by the same loop.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.lax as lax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jaxtyping import Array, Int, PyTree, Real
+
+from .._adjoint_state import AdjointState
+from .._integrate import _dense_like, make_stepper, num_f_evals, replay_recording, run
+from .._problem import Problem
+from .._recording import TrajectoryRecorder, inexact
+from .._solution import RESULTS
+from ..checkpointing import AbstractCheckpointSchedule
+from ..checkpointing._store import CheckpointRecorder
+from ..controllers import PIDController, adjoint_seminorm, rms_norm
+from ..interpolation import AbstractInterpolation, Trajectory
+from ..solvers import AbstractSolver
+from ._outputs import output_recorders, plain_records, tree_add, zeros_where_none
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Spec:
+    """How a continuous adjoint runs its backward pass (static)."""
+
+    mode: str  # "backsolve", "interpolated" or "quadrature"
+    interpolation: AbstractInterpolation | None
+    checkpoints: AbstractCheckpointSchedule | None
+    solver: object
+    controller: object
+    seminorm: bool
+    reanchor: bool
+    quadrature_order: int | None
+
+
+# --- backward statistics ---------------------------------------------------------
+
+_COLLECTORS: list[list] = []
+
+
+class collect_backward_stats:
+    """Collect the statistics of every continuous adjoint's backward solve run
+    inside this context (on the host, as the backward passes execute):
+
+    ```python
+    with ak.collect_backward_stats() as stats:
+        grads = jax.grad(loss)(params)
+    stats[0]["num_steps"], stats[0]["num_f_evals"]
+    ```
+
+    Each entry is a dict of integers: `num_steps`, `num_accepted_steps`,
+    `num_rejected_steps`, `num_f_evals` (evaluations of `f`, each together with its
+    vector-Jacobian product) of the backward solves of one pullback. Under `vmap`
+    the values are arrays.
+    """
+
+    def __enter__(self) -> list:
+        self._stats: list = []
+        _COLLECTORS.append(self._stats)
+        return self._stats
+
+    def __exit__(self, *exc):
+        _COLLECTORS.remove(self._stats)
+        return False
+
+
+def _report(stats: dict):
+    for collector in _COLLECTORS:
+        collector.append({k: np.asarray(v) for k, v in stats.items()})
+
+
+# --- the backward pass ------------------------------------------------------------
+
+
+def _tree_dot(a: PyTree, b: PyTree) -> Real[Array, ""]:
+    leaves = jtu.tree_leaves(jtu.tree_map(lambda x, y: jnp.sum(x * y), a, b))
+    return sum(leaves, jnp.zeros(()))
+
+
+def _neg(tree):
+    return jtu.tree_map(jnp.negative, tree)
+
+
+def _gauss_legendre(order: int):
+    """Nodes and weights of the `order`-point Gauss--Legendre rule on [0, 1], exact
+    for polynomials of degree 2 order - 1 (Abramowitz & Stegun 25.4.29)."""
+    x, w = np.polynomial.legendre.leggauss(order)
+    # Python floats: weakly typed, they keep the time's and the state's dtype.
+    return tuple(float(v) for v in (x + 1) / 2), tuple(float(v) for v in w / 2)
+
+
+class _QuadratureSolver(AbstractSolver):
+    """A backward solver for `QuadratureAdjoint`: the wrapped solver steps the
+    adjoint `a` alone; after each step, `∫ a^T df/dθ ds` over it is added to
+    `a_params` by Gauss--Legendre quadrature, with `a` from the step's own dense
+    output and `y` from the forward interpolation.
+
+    The step's error estimate includes the quadrature's (the difference between
+    the rules with `order` and `order - 1` points), so the step-size controller
+    keeps the parameter cotangent as accurate as the adjoint: a step too long for
+    the integrand is rejected, never silently integrated badly.
+    """
+
+    base: AbstractSolver
+    a_dot_f_theta: Callable
+    y_of_s: Callable
+    order_high: int
+
+    @property
+    def order(self) -> int:
+        return self.base.order
+
+    @property
+    def error_order(self):
+        return self.base.error_order
+
+    @property
+    def evals_per_step(self) -> int:
+        # Each quadrature point is one evaluation of f with its VJP.
+        return self.base.evals_per_step + 2 * self.order_high - 1
+
+    @staticmethod
+    def _a_only(f):
+        return lambda t, a, args: f(t, AdjointState(None, a, None), args).a
+
+    def init(self, f, t0, y0, args):
+        # The carried state is f(t, y) as the solver contract asks: `a`'s field,
+        # and zero for the running integral (see the backward field).
+        f_a = self.base.init(self._a_only(f), t0, y0.a, args)
+        return AdjointState(None, f_a, jtu.tree_map(jnp.zeros_like, y0.a_params))
+
+    def _quadrature(self, t0, t1, a0, dense_info, order):
+        h = t1 - t0  # a backward step in loop time τ = -s: h > 0
+        total = None
+        for x, w in zip(*_gauss_legendre(order), strict=True):
+            tau = t0 + x * h
+            a = self.base.interpolate(t0, t1, a0, dense_info, tau)
+            value = self.a_dot_f_theta(-tau, self.y_of_s(-tau), a)
+            term = jtu.tree_map(lambda v, w=w: (w * h).astype(v.dtype) * v, value)
+            total = term if total is None else tree_add(total, term)
+        return total
+
+    def step(self, f, t0, t1, y0, args, state):
+        a1, a_error, dense_info, f_a1 = self.base.step(
+            self._a_only(f), t0, t1, y0.a, args, state.a
+        )
+        high = self._quadrature(t0, t1, y0.a, dense_info, self.order_high)
+        low = self._quadrature(t0, t1, y0.a, dense_info, self.order_high - 1)
+        y1 = AdjointState(None, a1, tree_add(y0.a_params, high))
+        error = AdjointState(None, a_error, jtu.tree_map(jnp.subtract, high, low))
+        return y1, error, dense_info, AdjointState(None, f_a1, state.a_params)
+
+    def interpolate(self, t0, t1, y0, dense_info, t):
+        # Only `a` has a continuous extension; the running integral is reported at
+        # the step's start.
+        a = self.base.interpolate(t0, t1, y0.a, dense_info, t)
+        return AdjointState(None, a, y0.a_params)
+
+
+class _Sweep(eqx.Module):
+    """The backward pass's carry."""
+
+    z: AdjointState
+    s: Real[Array, ""]  # where the backward solve is (forward loop time)
+    save: Int[Array, ""]  # the next save time to pass, counting down; -1: none
+    ct_ts: Array
+    num_steps: Int[Array, ""]
+    num_accepted: Int[Array, ""]
+    num_f_evals: Int[Array, ""]
+    result: RESULTS
+
+
+def _backward_controller(spec: _Spec, problem: Problem):
+    controller = spec.controller if spec.controller is not None else problem.controller
+    if spec.seminorm and isinstance(controller, PIDController):
+        if controller.norm is rms_norm:
+            controller = eqx.tree_at(lambda c: c.norm, controller, adjoint_seminorm)
+    return controller
+
+
+def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
+    """Solve the adjoint ODE from t1 back to t0; return the cotangent of
+    `problem`."""
+    y_final, final_state, ys_ts, internal, num_steps = residuals
+    theta, theta_static = eqx.partition((problem.f, problem.args), eqx.is_inexact_array)
+
+    def with_theta(th) -> Problem:
+        f, args = eqx.combine(th, theta_static)
+        return eqx.tree_at(
+            lambda p: (p.f, p.args), problem, (f, args), is_leaf=lambda x: x is None
+        )
+
+    def vf(s, y, th):
+        return with_theta(th).vector_field(s, y, with_theta(th).args)
+
+    def a_dot_f_theta(s, y, a):
+        _, vjp_fn = jax.vjp(lambda th: vf(s, y, th), theta)
+        return vjp_fn(a)[0]
+
+    mode = spec.mode
+
+    def adjoint_field(y_of_s):
+        """dz/ds of the adjoint system, in the forward loop time s; `y_of_s` reads
+        the forward solution (`None`: it is part of the state)."""
+
+        def field(s, z: AdjointState, th):
+            y = z.y if y_of_s is None else y_of_s(s)
+            if mode == "quadrature":
+                # The running integral is not an ODE component here: its
+                # increments come from `_QuadratureSolver`'s quadrature, and its
+                # derivative is reported as zero.
+                _, vjp_fn = jax.vjp(lambda y: vf(s, y, th), y)
+                (a_y,) = vjp_fn(z.a)
+                zeros = jtu.tree_map(jnp.zeros_like, th)
+                return AdjointState(y=None, a=_neg(a_y), a_params=zeros)
+            fy, vjp_fn = jax.vjp(lambda y, th: vf(s, y, th), y, th)
+            a_y, a_th = vjp_fn(z.a)
+            return AdjointState(
+                y=fy if mode == "backsolve" else None, a=_neg(a_y), a_params=_neg(a_th)
+            )
+
+        return field
+
+    solver = spec.solver if spec.solver is not None else problem.solver
+    controller = _backward_controller(spec, problem)
+    dt0 = None if controller.adaptive else problem.dt0
+    order = spec.quadrature_order or max(2, -(-(solver.order + 1) // 2))
+
+    def integrate(c: _Sweep, s_to, y_of_s) -> _Sweep:
+        """The backward solve from `c.s` down to `s_to`: a problem of its own, in
+        the reversed time τ = -s, run by the one loop."""
+        backward_solver = solver
+        if mode == "quadrature":
+            backward_solver = _QuadratureSolver(solver, a_dot_f_theta, y_of_s, order)
+        backward = Problem(
+            f=adjoint_field(y_of_s),
+            solver=backward_solver,
+            controller=controller,
+            t0=-c.s,
+            t1=-s_to,
+            y0=c.z,
+            args=theta,
+            dt0=dt0,
+            ts=None,
+            direction=-1,
+            save_t0=False,
+            save_t1=True,
+            save_steps=False,
+            dense=False,
+            max_steps=problem.max_steps,
+            num_steps=None,
+        )
+        summary, _, _ = run(backward, {}, differentiable=False)
+        return eqx.tree_at(
+            lambda x: (x.z, x.s, x.num_steps, x.num_accepted, x.num_f_evals, x.result),
+            c,
+            (
+                summary.y,
+                s_to,
+                c.num_steps + summary.num_steps,
+                c.num_accepted + summary.num_accepted,
+                c.num_f_evals + num_f_evals(backward, summary.num_steps),
+                RESULTS.where(c.result == RESULTS.successful, summary.result, c.result),
+            ),
+        )
+
+    ts = problem.ts if problem.ts is not None else jnp.zeros((0,), problem.t0.dtype)
+
+    def jump(c: _Sweep) -> _Sweep:
+        """At save time i: a gains dL/dy(t_i); dL/dt_i = <dL/dy(t_i), f(t_i, y_i)>."""
+        i = c.save
+        ct_i = jtu.tree_map(lambda x: x[i], ct_ys)
+        y_i = jtu.tree_map(lambda x: x[i], ys_ts)
+        z = eqx.tree_at(lambda z: z.a, c.z, tree_add(c.z.a, ct_i))
+        if mode == "backsolve" and spec.reanchor:
+            z = eqx.tree_at(lambda z: z.y, z, y_i)
+        ct_t = _tree_dot(ct_i, vf(ts[i], y_i, theta))
+        return eqx.tree_at(
+            lambda x: (x.z, x.ct_ts, x.save), c, (z, c.ct_ts.at[i].add(ct_t), i - 1)
+        )
+
+    def sweep(c: _Sweep, s_lo, last, y_of_s) -> _Sweep:
+        """From `c.s` down to `s_lo`, passing the save times in `(s_lo, c.s]`
+        (`[s_lo, c.s]` on the last stretch, which ends at t0)."""
+
+        def more(c):
+            t = ts[jnp.maximum(c.save, 0)]
+            return (c.save >= 0) & ((t > s_lo) | (last & (t >= s_lo)))
+
+        def body(c):
+            return jump(integrate(c, ts[c.save], y_of_s))
+
+        if ts.shape[0] > 0:
+            c = lax.while_loop(more, body, c)
+        return integrate(c, s_lo, y_of_s)
+
+    zero = jnp.asarray(0, jnp.int32)
+    c = _Sweep(
+        z=AdjointState(
+            y=y_final if mode == "backsolve" else None,
+            a=ct_final,
+            a_params=jtu.tree_map(jnp.zeros_like, theta),
+        ),
+        s=problem.t1,
+        save=jnp.asarray(ts.shape[0] - 1, jnp.int32),
+        ct_ts=jnp.zeros_like(ts),
+        num_steps=zero,
+        num_accepted=zero,
+        num_f_evals=zero,
+        result=RESULTS.successful,
+    )
+
+    if mode == "backsolve":
+        c = sweep(c, problem.t0, True, None)
+    elif spec.checkpoints is None:
+        times, points, steps, count = internal["_trajectory"]
+        trajectory = Trajectory(
+            times, points, steps, count, spec.interpolation, problem.solver
+        )
+        c = sweep(c, problem.t0, True, trajectory.evaluate)
+    else:
+        c = _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep)
+
+    a0 = c.z.a
+    ct_t0 = -_tree_dot(a0, vf(problem.t0, problem.y0, theta))
+    ct_t1 = _tree_dot(ct_final, vf(problem.t1, y_final, theta))
+    ct_theta = c.z.a_params
+    _report_stats(c)
+
+    ct = jtu.tree_map(jnp.zeros_like, inexact(problem))
+    ct = eqx.tree_at(
+        lambda p: (p.y0, p.t0, p.t1),
+        ct,
+        (a0, ct_t0.astype(problem.t0.dtype), ct_t1.astype(problem.t1.dtype)),
+    )
+    f_ct, args_ct = ct_theta
+    ct = eqx.tree_at(
+        lambda p: (p.f, p.args), ct, (f_ct, args_ct), is_leaf=lambda x: x is None
+    )
+    if problem.ts is not None:
+        ct = eqx.tree_at(lambda p: p.ts, ct, c.ct_ts)
+    message = (
+        "the backward (adjoint) solve failed: it reached `max_steps`, met a NaN or "
+        "infinite state, or needed a step below `dtmin` / the floating-point limit. "
+        "The adjoint ODE may be unstable backward in time (see BacksolveAdjoint), "
+        "or need a larger `max_steps` or looser tolerances."
+    )
+    return eqx.error_if(ct, c.result != RESULTS.successful, message)
+
+
+def _report_stats(c: _Sweep):
+    stats = dict(
+        num_steps=c.num_steps,
+        num_accepted_steps=c.num_accepted,
+        num_rejected_steps=c.num_steps - c.num_accepted,
+        num_f_evals=c.num_f_evals,
+    )
+    jax.debug.callback(_report, stats)
+
+
+def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
+    """With checkpoints (the scheme of SUNDIALS CVODES): rebuild one segment's
+    interpolation at a time, last segment first, by replaying its steps from the
+    checkpoint that starts it, and solve the adjoint across it."""
+    states, _, _ = internal["_checkpoints"]
+    stepper = make_stepper(problem)
+    k = spec.checkpoints.plan(problem.num_steps, problem.max_steps).stride
+    num_segments = jnp.maximum((num_steps + k - 1) // k, 1)
+    recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
+    state0 = stepper.init(problem)
+    dense_like = _dense_like(problem, state0.f)
+
+    def body(idx, c):
+        j = num_segments - 1 - idx
+        kept = jtu.tree_map(lambda buf: buf[j], states)
+        state = stepper.restore(problem, kept)
+        t_start = stepper.time(problem, state)
+        length = jnp.clip(num_steps - j * k, 0, k)
+        recorder = eqx.tree_at(
+            lambda r: r.offset, recorder_like, stepper.accepted(state)
+        )
+        record = recorder.init(t_start, state.y, state.f, dense_like, k)
+        _, records = replay_recording(
+            problem, stepper, state, length, {"t": recorder}, {"t": record}
+        )
+        return sweep(c, t_start, j == 0, records["t"].evaluate)
+
+    return lax.fori_loop(0, num_segments, body, c)
+
+
+@eqx.filter_custom_vjp
+def continuous_solve(problem: Problem, spec: _Spec):
+    summary, _, records = run(problem, output_recorders(problem), differentiable=False)
+    return summary, plain_records(records)
+
+
+@continuous_solve.def_fwd
+def _continuous_fwd(perturbed, problem: Problem, spec: _Spec):
+    del perturbed
+    stepper = make_stepper(problem)
+    recorders = output_recorders(problem)
+    if spec.mode != "backsolve":
+        if spec.checkpoints is None:
+            recorders["_trajectory"] = TrajectoryRecorder(
+                spec.interpolation, problem.solver
+            )
+        else:
+            plan = spec.checkpoints.plan(problem.num_steps, problem.max_steps)
+            kept_like = eqx.filter_eval_shape(
+                lambda p: stepper.checkpoint(stepper.init(p)), problem
+            )
+            recorders["_checkpoints"] = CheckpointRecorder(plan, stepper, kept_like)
+    summary, final_state, records = run(problem, recorders, differentiable=False)
+    internal = {
+        name: records.pop(name)
+        for name in ("_trajectory", "_checkpoints")
+        if name in records
+    }
+    internal = plain_records(internal)
+    ys_ts = records["ts"][0] if "ts" in records else None
+    residuals = (summary.y, final_state, ys_ts, internal, summary.num_steps)
+    return (summary, plain_records(records)), residuals
+
+
+@continuous_solve.def_bwd
+def _continuous_bwd(residuals, grad_obj, perturbed, problem: Problem, spec: _Spec):
+    del perturbed
+    y_final, _, ys_ts, _, _ = residuals
+    ct_summary, ct_records = grad_obj
+    ct_final = zeros_where_none(None if ct_summary is None else ct_summary.y, y_final)
+    ct_ys = None
+    if problem.ts is not None:
+        ct_ts_record = None if ct_records is None else ct_records.get("ts")
+        ct_ys = zeros_where_none(
+            None if ct_ts_record is None else ct_ts_record[0], ys_ts
+        )
+    ct = _backward_pass(problem, spec, residuals, ct_final, ct_ys)
+    return zeros_where_none(ct, problem)
+
+
+def check_continuous(problem: Problem, name: str, spec: _Spec):
+    """What a continuous adjoint cannot differentiate, refused at trace time."""
+    if problem.save_steps:
+        raise ValueError(
+            f"{name} cannot differentiate SaveAt(steps=True): the backward solve "
+            "does not know the forward steps. Save at fixed times with "
+            "SaveAt(ts=...), or use CheckpointedAdjoint."
+        )
+    if problem.dense:
+        raise ValueError(
+            f"{name} cannot differentiate SaveAt(dense=True): the times at which "
+            "the dense output will be evaluated are unknown to the backward solve. "
+            "Save at those times with SaveAt(ts=...), or use CheckpointedAdjoint."
+        )
+    if spec.interpolation is not None and not isinstance(
+        spec.interpolation, AbstractInterpolation
+    ):
+        raise TypeError(f"{name}: `interpolation` must be an adjointkit interpolation.")
+    if spec.checkpoints is not None:
+        plan = spec.checkpoints.plan(problem.num_steps, problem.max_steps)
+        if plan.kind != "stride":
+            raise ValueError(
+                f"{name} rebuilds the interpolation one segment of steps at a time, "
+                "which needs segments of a fixed number of steps: pass "
+                "checkpoints=EveryKSteps(k) (or AllSteps()), not "
+                f"{type(spec.checkpoints).__name__}."
+            )

@@ -1,0 +1,63 @@
+"""The adjoint ODE run backward, reading y(t) from an interpolation."""
+
+from .._problem import Problem
+from .._solution import Solution
+from ..interpolation import AbstractInterpolation, HermiteInterpolation
+from ._base import AbstractAdjoint
+from ._continuous import _Spec, check_continuous, continuous_solve
+from ._outputs import solution_from_records
+
+
+class InterpolatedAdjoint(AbstractAdjoint):
+    """Optimise-then-discretise reading the forward solution from an interpolation:
+    the forward pass keeps interpolation data for every step; the backward pass
+    integrates `(a, a_θ)` from `t1` back to `t0`, evaluating `df/dy` and `df/dθ`
+    at `y(t)` interpolated from the forward solve. Stable where
+    `BacksolveAdjoint` is not (no primal solve backward in time).
+
+    With `checkpoints=EveryKSteps(k)` the forward pass keeps only every `k`-th
+    state; the backward pass replays one segment of `k` steps at a time from its
+    checkpoint to rebuild that segment's interpolation, then integrates the
+    adjoint across it: memory about `N / k + k` states instead of `N` (the scheme
+    of SUNDIALS CVODES; A. C. Hindmarsh et al., ACM TOMS 31, 2005), at the cost of
+    re-running every forward step once.
+
+    The gradient is that of the continuous problem, to the backward solve's and
+    the interpolation's accuracy.
+
+    **Arguments:**
+
+    - `interpolation`: `HermiteInterpolation()` (default: y and f per step, error
+      O(h⁴)), `DenseInterpolation()` (the solver's own dense output: all its
+      stages per step, its own order) or `LinearInterpolation()` (y per step,
+      O(h²)).
+    - `checkpoints`: `None` (keep every step's data), or `EveryKSteps(k)`.
+    - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `seminorm`: with an adaptive controller, leave `a_θ` out of the error norm
+      (`adjoint_seminorm`). Often fewer backward steps; but `a_θ` is then not
+      error-controlled, and where `df/dθ` varies faster than `a` it is integrated
+      with steps too long for it (a gradient 10x off is easy to construct: see
+      `tests/test_continuous_adjoints.py`). Off by default; prefer
+      `QuadratureAdjoint`, which controls its parameter integral's error.
+    """
+
+    interpolation: AbstractInterpolation = HermiteInterpolation()
+    checkpoints: object = None
+    solver: object = None
+    controller: object = None
+    seminorm: bool = False
+
+    def solve(self, problem: Problem) -> Solution:
+        spec = _Spec(
+            mode="interpolated",
+            interpolation=self.interpolation,
+            checkpoints=self.checkpoints,
+            solver=self.solver,
+            controller=self.controller,
+            seminorm=self.seminorm,
+            reanchor=False,
+            quadrature_order=None,
+        )
+        check_continuous(problem, "InterpolatedAdjoint", spec)
+        summary, records = continuous_solve(problem, spec)
+        return solution_from_records(problem, summary, records)

@@ -1,0 +1,89 @@
+"""What a solve returns, for adjoints that own their backward pass: the recorders
+that keep it, and the `Solution` built from them outside the custom VJP."""
+
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from .._integrate import Summary
+from .._problem import Problem
+from .._recording import StepsRecorder, TrajectoryRecorder, TsRecorder, inexact
+from .._saving import assemble_solution
+from .._solution import Solution
+from ..interpolation import DenseInterpolation, Trajectory
+
+
+def output_recorders(problem: Problem) -> dict:
+    """What the solve returns, kept as it goes: values at `ts`, at every step, and
+    the dense output."""
+    recorders = {}
+    if problem.ts is not None:
+        recorders["ts"] = TsRecorder(ts=problem.ts, solver=problem.solver)
+    if problem.save_steps:
+        recorders["steps"] = StepsRecorder()
+    if problem.dense:
+        recorders["dense"] = TrajectoryRecorder(
+            interpolation=DenseInterpolation(), solver=problem.solver
+        )
+    return recorders
+
+
+def zeros_where_none(ct, like):
+    """A cotangent for `like` with explicit zeros where `ct` has none."""
+    like = inexact(like)
+    if ct is None:
+        return jtu.tree_map(jnp.zeros_like, like)
+    return jtu.tree_map(
+        lambda x, c: None if x is None else (jnp.zeros_like(x) if c is None else c),
+        like,
+        ct,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def tree_add(a, b):
+    return jtu.tree_map(jnp.add, a, b)
+
+
+def plain_records(records: dict) -> dict:
+    """Records without their non-array parts (a `Trajectory`'s interpolation and
+    solver), as a custom-VJP output must be."""
+    return {
+        name: (rec.times, rec.points, rec.steps, rec.count)
+        if isinstance(rec, Trajectory)
+        else rec
+        for name, rec in records.items()
+    }
+
+
+def solution_from_records(
+    problem: Problem, summary: Summary, records: dict
+) -> Solution:
+    """The `Solution` from a custom VJP's outputs (`plain_records` of the output
+    recorders)."""
+    ys_at_ts = None
+    if problem.ts is not None:
+        ys_at_ts, _ = records["ts"]
+        # Save times no step reached: only when t0 == t1, where y = y0.
+        ys_at_ts = jtu.tree_map(
+            lambda ys, y0: jnp.where(summary.num_accepted > 0, ys, y0[None]),
+            ys_at_ts,
+            problem.y0,
+        )
+    dense = None
+    if problem.dense:
+        times, points, steps, count = records["dense"]
+        dense = Trajectory(
+            times=times,
+            points=points,
+            steps=steps,
+            count=count,
+            interpolation=DenseInterpolation(),
+            solver=problem.solver,
+        )
+    return assemble_solution(
+        problem,
+        summary,
+        ys_at_ts=ys_at_ts,
+        steps=records.get("steps"),
+        dense=dense,
+    )
