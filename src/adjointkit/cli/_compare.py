@@ -20,6 +20,10 @@ def _adjointkit_adjoints(steps: int):
         "checkpointed-allsteps": ak.CheckpointedAdjoint(ak.AllSteps()),
         "checkpointed-every-k": ak.CheckpointedAdjoint(ak.EveryKSteps(k)),
         "direct": ak.DirectAdjoint(),
+        "backsolve": ak.BacksolveAdjoint(),
+        "interpolated": ak.InterpolatedAdjoint(),
+        "interpolated-every-k": ak.InterpolatedAdjoint(checkpoints=ak.EveryKSteps(k)),
+        "quadrature": ak.QuadratureAdjoint(),
     }
 
 
