@@ -6,7 +6,20 @@ from jaxtyping import Array, Int, PyTree, Real
 
 
 class RESULTS(eqx.Enumeration):
-    """How a solve ended. `sol.result == RESULTS.successful` is a traced bool."""
+    """How a solve ended. `sol.result == RESULTS.successful` is a traced bool.
+
+    **Values:**
+
+    - `successful`: the solve reached `t1`.
+    - `max_steps_reached`: `max_steps` steps were attempted before `t1`.
+    - `nonfinite_state`: the state became NaN or infinite.
+    - `step_size_too_small`: the controller could not meet its tolerance with a
+      step above `dtmin` (or the floating-point limit).
+
+    With `solve(..., throw=True)` (the default) any value but `successful` raises
+    an error carrying its message; with `throw=False` it is returned in
+    `Solution.result`.
+    """
 
     successful = ""
     max_steps_reached = (
@@ -36,6 +49,10 @@ class Solution(eqx.Module):
       a backward solve may add their own (e.g. `backward_num_steps`).
     - `result`: a `RESULTS` value.
     - `t0`, `t1`: the interval, as passed.
+    - `dense`: with `SaveAt(dense=True)`, the solver's dense output over the whole
+      interval (read it with `evaluate`); else `None`.
+    - `direction`: 1 for a solve forward in time, -1 for one backward
+      (`t1 < t0`), used by `evaluate` to map times to the loop's ascending time.
     """
 
     t0: Real[Array, ""]
@@ -52,6 +69,13 @@ class Solution(eqx.Module):
 
         Vectorised over a leading shape of `t`. Differentiable with respect to `t`
         and to everything the solve depends on.
+
+        **Arguments:**
+
+        - `t`: a time, or an array of times, in `[t0, t1]`.
+
+        **Returns:** `y(t)`, a pytree like `y0` whose leaves have the shape of `t`
+        in front of their own.
         """
         if self.dense is None:
             raise ValueError(

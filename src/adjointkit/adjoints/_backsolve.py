@@ -12,7 +12,11 @@ class BacksolveAdjoint(AbstractAdjoint):
     saved values; the backward pass integrates `(y, a, a_θ)` from `t1` back to
     `t0`, re-solving the primal ODE backward in time alongside the adjoint
     `a' = -(df/dy)^T a` and the parameter cotangent `a_θ' = -(df/dθ)^T a`
-    (Chen et al., "Neural ordinary differential equations", NeurIPS 2018).
+    (R. T. Q. Chen, Y. Rubanova, J. Bettencourt and D. Duvenaud, "Neural ordinary
+    differential equations", NeurIPS 2018; the adjoint equations themselves are
+    classical, e.g. Y. Cao, S. Li, L. Petzold and R. Serban, "Adjoint sensitivity
+    analysis for differential-algebraic equations", SIAM J. Sci. Comput. 24,
+    2003).
 
     The gradient is that of the continuous problem, approximated to the backward
     solve's tolerance: it differs from the discrete gradient of the computed
@@ -36,7 +40,8 @@ class BacksolveAdjoint(AbstractAdjoint):
     - `reanchor`: at each `SaveAt(ts=...)` time, reset `y` to the forward value.
 
     Memory is independent of the number of steps. Statistics of the backward
-    solve: `collect_backward_stats`.
+    solve: `collect_backward_stats`. Reverse mode only; `SaveAt(steps=True)` and
+    `SaveAt(dense=True)` are refused (save at `ts` instead).
     """
 
     solver: object = None

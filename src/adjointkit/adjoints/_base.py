@@ -25,4 +25,13 @@ class AbstractAdjoint(eqx.Module):
 
     @abc.abstractmethod
     def solve(self, problem: Problem) -> Solution:
-        """Run the solve; the result is differentiable the way this adjoint says."""
+        """Run the solve; the result is differentiable the way this adjoint says.
+
+        **Arguments:**
+
+        - `problem`: the validated problem `solve` built, in ascending loop time
+          (`adjointkit._problem.Problem`).
+
+        **Returns:** the `Solution`, whose reverse-mode derivative (and, where
+        supported, forward-mode) is this adjoint's.
+        """

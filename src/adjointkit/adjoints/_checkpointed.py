@@ -134,6 +134,10 @@ class CheckpointedAdjoint(AbstractAdjoint):
     - `schedule`: `BinomialCheckpoints(num_checkpoints)` (the default, with a
       number of checkpoints chosen from the number of steps), `AllSteps()`, or
       `EveryKSteps(k)`.
+
+    References: A. Griewank and A. Walther, "Algorithm 799: Revolve", ACM TOMS
+    26, 2000 (binomial checkpointing); J. M. Sanz-Serna, SIAM Review 58, 2016
+    (the discrete adjoint of a Runge--Kutta method).
     """
 
     schedule: AbstractCheckpointSchedule = BinomialCheckpoints()

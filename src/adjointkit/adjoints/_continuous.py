@@ -77,6 +77,15 @@ class collect_backward_stats:
     `num_rejected_steps`, `num_f_evals` (evaluations of `f`, each together with its
     vector-Jacobian product) of the backward solves of one pullback. Under `vmap`
     the values are arrays.
+
+    **Arguments:** none.
+
+    **Returns** (from `with ... as stats`): a list, filled with one dict per
+    pullback of `BacksolveAdjoint`, `InterpolatedAdjoint` or `QuadratureAdjoint`
+    that runs inside the block (the discrete adjoints report nothing here: they
+    re-run forward steps, counted by the benchmarks instead). Values arrive as the
+    computation executes; read them after it has finished (e.g. after
+    `jax.block_until_ready`).
     """
 
     def __enter__(self) -> list:

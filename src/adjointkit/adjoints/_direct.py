@@ -27,6 +27,14 @@ class DirectAdjoint(AbstractAdjoint):
 
     Values at `SaveAt(ts=...)` are read off the recorded dense output of every step
     (the solver's own interpolation), which this adjoint stores anyway.
+
+    **Arguments:** none.
+
+    References: A. Griewank and A. Walther, *Evaluating Derivatives* (2nd ed.,
+    SIAM 2008) (reverse- and forward-mode differentiation of a program); J. M.
+    Sanz-Serna, "Symplectic Runge--Kutta schemes for adjoint equations, automatic
+    differentiation, optimal control, and more", SIAM Review 58, 2016 (what the
+    reverse mode of a Runge--Kutta solve computes).
     """
 
     def solve(self, problem: Problem) -> Solution:

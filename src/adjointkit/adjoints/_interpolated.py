@@ -23,7 +23,8 @@ class InterpolatedAdjoint(AbstractAdjoint):
     re-running every forward step once.
 
     The gradient is that of the continuous problem, to the backward solve's and
-    the interpolation's accuracy.
+    the interpolation's accuracy. Reverse mode only; `SaveAt(steps=True)` and
+    `SaveAt(dense=True)` are refused (save at `ts` instead).
 
     **Arguments:**
 

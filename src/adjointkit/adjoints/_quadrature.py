@@ -22,7 +22,9 @@ class QuadratureAdjoint(AbstractAdjoint):
     parameter cotangent as accurate as the adjoint: where `df/dθ` varies faster
     than `a`, steps are shortened rather than the integral silently missed. Each
     backward step costs the solver's stages (products with `df/dy` only) plus
-    `2 quadrature_order - 1` products with `df/dθ`.
+    `2 quadrature_order - 1` products with `df/dθ`. Reverse mode only;
+    `SaveAt(steps=True)` and `SaveAt(dense=True)` are refused (save at `ts`
+    instead).
 
     **Arguments:**
 
@@ -31,6 +33,15 @@ class QuadratureAdjoint(AbstractAdjoint):
       the rule is exact for polynomials of degree `2 * order - 1`. `None`: the
       least order that matches the backward solver's order (3 for Tsit5).
     - `solver`, `controller`: for the backward solve (default: the forward ones).
+
+    References: R. Serban and A. C. Hindmarsh, "CVODES: the sensitivity-enabled
+    ODE solver in SUNDIALS", ASME IDETC/CIE 2005 (the adjoint with the parameter
+    integral as a backward quadrature); Y. Ma, V. Dixit, M. Innes, X. Guo and
+    C. Rackauckas, "A comparison of automatic differentiation and continuous
+    sensitivity analysis for derivatives of differential equation solutions",
+    IEEE HPEC 2021 (interpolating and quadrature adjoints compared);
+    Gauss--Legendre rules: M. Abramowitz and I. A. Stegun, *Handbook of
+    Mathematical Functions*, 25.4.29.
     """
 
     interpolation: AbstractInterpolation = HermiteInterpolation()

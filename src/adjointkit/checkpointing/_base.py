@@ -20,9 +20,25 @@ class AbstractCheckpointSchedule(eqx.Module):
 
     @abc.abstractmethod
     def plan(self, num_steps: int | None, max_steps: int) -> CheckpointPlan:
-        """The plan for a solve of `num_steps` steps (or at most `max_steps`)."""
+        """The plan for a solve of `num_steps` steps (or at most `max_steps`).
+
+        **Arguments:**
+
+        - `num_steps`: the number of steps, when known at trace time; else `None`.
+        - `max_steps`: the most steps the solve may take.
+
+        **Returns:** a `CheckpointPlan` (`adjointkit.checkpointing.CheckpointPlan`).
+        """
 
     def num_recomputed_steps(self, num_steps: int) -> int:
         """Steps re-run by the backward pass for `num_steps` steps known in advance
-        (beyond the single recomputation inside each step's pullback)."""
+        (beyond the single recomputation inside each step's pullback).
+
+        **Arguments:**
+
+        - `num_steps`: the number of steps of the solve.
+
+        **Returns:** an integer: for `BinomialCheckpoints`, revolve's minimum less
+        the steps its first sweep took during the forward pass.
+        """
         return self.plan(num_steps, num_steps).num_recomputed_steps(num_steps)

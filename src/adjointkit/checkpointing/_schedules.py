@@ -15,6 +15,12 @@ class AllSteps(AbstractCheckpointSchedule):
     scalars) per step — per step actually taken for constant steps known at trace
     time, else per `max_steps`. The fastest exact gradient short of storing every
     stage (`DirectAdjoint`).
+
+    **Arguments:** none.
+
+    Reference: A. Griewank and A. Walther, *Evaluating Derivatives* (2nd ed.,
+    SIAM 2008), Chapter 12 (reversal schedules; this is the one that stores
+    every state).
     """
 
     def plan(self, num_steps, max_steps):
@@ -28,11 +34,18 @@ class EveryKSteps(AbstractCheckpointSchedule):
     """Keep the state before every `k`-th step; going back, re-run one segment of
     `k` steps at a time, storing its states, then reverse it.
 
-    Memory: about `N / k + k` states; every step is re-run once.
+    Memory: about `N / k + k` states; every step is re-run once. With
+    `InterpolatedAdjoint(checkpoints=EveryKSteps(k))` the same segments are
+    replayed to rebuild the forward interpolation, as SUNDIALS CVODES does.
 
     **Arguments:**
 
     - `k`: the segment length (≥ 1). `k ≈ sqrt(N)` minimises memory.
+
+    References: A. Griewank and A. Walther, *Evaluating Derivatives* (2nd ed.,
+    SIAM 2008), Chapter 12; T. Chen, B. Xu, C. Zhang and C. Guestrin, "Training
+    deep nets with sublinear memory cost", arXiv:1604.06174, 2016 (the
+    `sqrt(N)` choice).
     """
 
     k: int

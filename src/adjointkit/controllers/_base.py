@@ -44,7 +44,14 @@ class AbstractController(eqx.Module):
         dt0: Real[Array, ""] | None,
         f0: PyTree,
     ) -> tuple[Real[Array, ""], PyTree]:
-        """The end of the first attempted step, and the initial state."""
+        """The end of the first attempted step, and the initial state.
+
+        **Arguments:** the vector field `f`, the `solver`, the interval `t0`, `t1`
+        (ascending), the initial state `y0`, `args`, the user's `dt0` (or
+        `None`) and `f0 = f(t0, y0, args)`.
+
+        **Returns:** `(tnext, state)`.
+        """
 
     @abc.abstractmethod
     def adapt(
@@ -59,4 +66,12 @@ class AbstractController(eqx.Module):
     ) -> tuple[
         Bool[Array, ""], Real[Array, ""], Real[Array, ""], PyTree, Bool[Array, ""]
     ]:
-        """Accept or reject the step just attempted, and propose the next one."""
+        """Accept or reject the step just attempted, and propose the next one.
+
+        **Arguments:** the attempted step's start `t0` and end `tnext`, the states
+        `y0` before it and `y1` after it, the solver's error estimate `y_error`
+        (or `None`) and its local order `error_order`, and the controller's
+        `state`.
+
+        **Returns:** `(accept, next_t0, next_tnext, state, failed)`.
+        """

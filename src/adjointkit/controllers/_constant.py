@@ -36,6 +36,8 @@ class ConstantStepSize(AbstractController):
     step ends exactly at `t1`. When `t0`, `t1` and `dt0` are known at trace time, the
     solve runs as a `lax.scan` of exactly `N` steps (fast, and reverse-mode
     differentiable without bounds); otherwise as a loop bounded by `max_steps`.
+
+    **Arguments:** none; the step size is `solve`'s `dt0`.
     """
 
     @property

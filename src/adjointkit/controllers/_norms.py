@@ -13,6 +13,13 @@ def rms_norm(x: PyTree) -> Real[Array, ""]:
     The default error norm of `PIDController` (Hairer, Nørsett & Wanner I, eq.
     II.4.11): an error is acceptable when the RMS of
     `error / (atol + rtol * |y|)` is at most one.
+
+    **Arguments:**
+
+    - `x`: a pytree of arrays (real or complex).
+
+    **Returns:** a scalar, `sqrt(sum |x_i|^2 / n)` over all `n` entries (0 for an
+    empty tree).
     """
     leaves = jtu.tree_leaves(x)
     if not leaves:
@@ -34,6 +41,17 @@ def adjoint_seminorm(x: PyTree) -> Real[Array, ""]:
     being an RMS over fewer components, it can take *more* steps than `rms_norm`,
     whose average the many parameter components dilute. Anything that is not an
     `AdjointState` gets the plain `rms_norm`.
+
+    **Arguments:**
+
+    - `x`: the scaled error of a backward step, an `AdjointState` (or any pytree).
+
+    **Returns:** a scalar, `rms_norm((x.y, x.a))` for an `AdjointState`, else
+    `rms_norm(x)`.
+
+    Used by `BacksolveAdjoint(seminorm=True)` and
+    `InterpolatedAdjoint(seminorm=True)`, or directly as
+    `PIDController(..., norm=adjoint_seminorm)` for their backward solve.
     """
     if isinstance(x, AdjointState):
         return rms_norm((x.y, x.a))

@@ -26,11 +26,21 @@ class AbstractInterpolation(eqx.Module):
 
     @abc.abstractmethod
     def point_data(self, y: PyTree, f: PyTree) -> PyTree:
-        """Data kept at a grid point."""
+        """Data kept at a grid point.
+
+        **Arguments:** the state `y` and the vector field `f` there.
+
+        **Returns:** a pytree (e.g. `y`, or `(y, f)`).
+        """
 
     @abc.abstractmethod
     def step_data(self, dense_info: PyTree) -> PyTree:
-        """Data kept per step, beyond its end points (or `None`)."""
+        """Data kept per step, beyond its end points (or `None`).
+
+        **Arguments:** the solver's `dense_info` for the step.
+
+        **Returns:** a pytree, or `None` to keep nothing per step.
+        """
 
     @abc.abstractmethod
     def evaluate(
@@ -43,4 +53,11 @@ class AbstractInterpolation(eqx.Module):
         step: PyTree,
         t: Real[Array, ""],
     ) -> PyTree:
-        """`y(t)` on the step `[t0, t1]`."""
+        """`y(t)` on the step `[t0, t1]`.
+
+        **Arguments:** the `solver` (for its own `interpolate`), the step's end
+        points `t0`, `t1`, the `point_data` of its two ends (`left`, `right`), its
+        `step_data` (`step`), and `t` in `[t0, t1]`.
+
+        **Returns:** the interpolated state, a pytree like `y`.
+        """

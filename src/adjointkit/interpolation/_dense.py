@@ -9,6 +9,11 @@ class DenseInterpolation(AbstractInterpolation):
     Keeps the state per grid point and the solver's `dense_info` per step (for the
     Runge--Kutta methods here, every stage): the most memory, and the interpolant
     whose accuracy matches the solver's.
+
+    **Arguments:** none.
+
+    References: each solver's docstring cites its continuous extension; for the
+    theory, Hairer, Nørsett & Wanner I, Section II.6.
     """
 
     def point_data(self, y, f):

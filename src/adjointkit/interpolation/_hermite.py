@@ -11,7 +11,15 @@ class HermiteInterpolation(AbstractInterpolation):
 
     Keeps `(y, f(t, y))` per grid point: twice a state per step, whatever the
     solver. Error O(h⁴) per step, and continuously differentiable across steps.
-    (Hermite interpolation: e.g. Hairer, Nørsett & Wanner I, Section II.6.)
+    The default interpolation of `InterpolatedAdjoint` and `QuadratureAdjoint`,
+    as in SUNDIALS CVODES.
+
+    **Arguments:** none.
+
+    References: Hairer, Nørsett & Wanner I, Section II.6 (Hermite interpolation
+    as dense output); A. C. Hindmarsh et al., "SUNDIALS: Suite of nonlinear and
+    differential/algebraic equation solvers", ACM TOMS 31, 2005 (its use in an
+    adjoint's backward pass).
     """
 
     def point_data(self, y, f):

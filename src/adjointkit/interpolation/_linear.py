@@ -11,6 +11,11 @@ class LinearInterpolation(AbstractInterpolation):
 
     Keeps one state per grid point. Second order: error O(h²) per step, whatever
     the solver. The cheapest choice; usually too inaccurate for an adjoint.
+
+    **Arguments:** none.
+
+    Reference: e.g. Hairer, Nørsett & Wanner I, Section II.6 (dense output); the
+    error bound is that of polynomial interpolation through two points.
     """
 
     def point_data(self, y, f):

@@ -49,7 +49,13 @@ class AbstractSolver(eqx.Module):
 
     @abc.abstractmethod
     def init(self, f: Callable, t0: Real[Array, ""], y0: PyTree, args: PyTree):
-        """The state carried into the first step."""
+        """The state carried into the first step.
+
+        **Arguments:** the vector field `f`, the start time `t0`, the initial state
+        `y0` and `args`.
+
+        **Returns:** `f(t0, y0, args)` (see the class docstring).
+        """
 
     @abc.abstractmethod
     def step(
@@ -61,7 +67,15 @@ class AbstractSolver(eqx.Module):
         args: PyTree,
         state,
     ):
-        """One step; returns `(y1, y_error, dense_info, state)`."""
+        """One step from `t0` to `t1`.
+
+        **Arguments:** the vector field `f`, the step's end points `t0`, `t1`,
+        the state `y0` at `t0`, `args`, and the carried `state` (`f(t0, y0)`).
+
+        **Returns:** `(y1, y_error, dense_info, state)`: the state at `t1`, the
+        embedded error estimate (or `None`), what `interpolate` needs, and the
+        carried state at `t1`.
+        """
 
     @abc.abstractmethod
     def interpolate(
@@ -72,4 +86,10 @@ class AbstractSolver(eqx.Module):
         dense_info,
         t: Real[Array, ""],
     ) -> PyTree:
-        """The solver's continuous extension of one step, evaluated at `t`."""
+        """The solver's continuous extension of one step, evaluated at `t`.
+
+        **Arguments:** the step's end points `t0`, `t1`, its initial state `y0`,
+        the `dense_info` its `step` returned, and `t` in `[t0, t1]`.
+
+        **Returns:** the approximation of `y(t)`, a pytree like `y0`.
+        """

@@ -52,33 +52,58 @@ _rk4 = ButcherTableau(
 
 class Euler(AbstractExplicitRungeKutta):
     """Euler's method: first order, one evaluation per step, no error estimate
-    (constant step sizes only)."""
+    (constant step sizes only). Cubic Hermite dense output.
+
+    Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
+    I* (2nd ed., Springer 1993), Section II.1.
+    """
 
     tableau: ClassVar[ButcherTableau] = _euler
 
 
 class Heun(AbstractExplicitRungeKutta):
-    """Heun's method (the explicit trapezoidal rule): second order, with Euler's
-    method embedded for an error estimate."""
+    """Heun's method (the explicit trapezoidal rule): second order, two
+    evaluations per step, with Euler's method embedded for an error estimate.
+    Cubic Hermite dense output.
+
+    Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
+    I* (2nd ed., Springer 1993), Section II.1.
+    """
 
     tableau: ClassVar[ButcherTableau] = _heun
 
 
 class Midpoint(AbstractExplicitRungeKutta):
-    """The explicit midpoint method: second order, with Euler's method embedded."""
+    """The explicit midpoint method: second order, two evaluations per step, with
+    Euler's method embedded for an error estimate. Cubic Hermite dense output.
+
+    Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
+    I* (2nd ed., Springer 1993), Section II.1.
+    """
 
     tableau: ClassVar[ButcherTableau] = _midpoint
 
 
 class Ralston(AbstractExplicitRungeKutta):
     """Ralston's second-order method (the two-stage method with the smallest
-    error bound), with Euler's method embedded."""
+    error bound), two evaluations per step, with Euler's method embedded for an
+    error estimate. Cubic Hermite dense output.
+
+    Reference: A. Ralston, "Runge--Kutta methods with minimum error bounds", Math.
+    Comp. 16, 1962.
+    """
 
     tableau: ClassVar[ButcherTableau] = _ralston
 
 
 class RK4(AbstractExplicitRungeKutta):
-    """The classical fourth-order Runge--Kutta method; no error estimate (constant
-    step sizes only)."""
+    """The classical fourth-order Runge--Kutta method: four evaluations per step,
+    no error estimate (constant step sizes only). Cubic Hermite dense output.
+
+    References: W. Kutta, "Beitrag zur näherungsweisen Integration totaler
+    Differentialgleichungen", Z. Math. Phys. 46, 1901; Hairer, Nørsett & Wanner,
+    *Solving Ordinary Differential Equations I* (2nd ed., Springer 1993), Section
+    II.1.
+    """
 
     tableau: ClassVar[ButcherTableau] = _rk4
