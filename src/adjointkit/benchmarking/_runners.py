@@ -1,8 +1,8 @@
 """Losses of a benchmark problem solved by adjointkit or by Diffrax, side by side.
 
-Both solve with Tsit5 and the same constant steps, and report the number of
-forward evaluations of the vector field, so that every benchmark compares like
-with like.
+Both solve with Tsit5, either with the same constant steps or with the same PID
+control (`rtol = atol`), and report the number of forward evaluations of the
+vector field, so that every benchmark compares like with like.
 """
 
 from collections.abc import Callable
@@ -12,11 +12,17 @@ import jax.numpy as jnp
 from ._problems import BenchProblem
 
 
-def adjointkit_loss(problem: BenchProblem, adjoint, steps: int) -> Callable:
-    """`params -> (loss, f-evaluations)` with adjointkit, `steps` constant steps."""
+def adjointkit_loss(
+    problem: BenchProblem, adjoint, steps: int, rtol: float | None = None
+) -> Callable:
+    """`params -> (loss, f-evaluations)` with adjointkit: `steps` constant steps,
+    or, with `rtol`, adaptive steps (at most `steps`)."""
     import adjointkit as ak
 
-    dt0 = (problem.t1 - problem.t0) / steps
+    if rtol is None:
+        step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
+    else:
+        step_options = dict(controller=ak.PIDController(rtol=rtol, atol=rtol))
 
     def loss(params):
         sol = ak.solve(
@@ -26,24 +32,30 @@ def adjointkit_loss(problem: BenchProblem, adjoint, steps: int) -> Callable:
             problem.t1,
             problem.y0,
             params,
-            dt0=dt0,
             adjoint=adjoint,
             max_steps=steps,
+            **step_options,
         )
         return problem.loss(sol.ys[-1]), sol.stats["num_f_evals"]
 
     return loss
 
 
-def diffrax_loss(problem: BenchProblem, adjoint, steps: int) -> Callable:
-    """`params -> (loss, f-evaluations)` with Diffrax, `steps` constant steps.
+def diffrax_loss(
+    problem: BenchProblem, adjoint, steps: int, rtol: float | None = None
+) -> Callable:
+    """`params -> (loss, f-evaluations)` with Diffrax: `steps` constant steps, or,
+    with `rtol`, adaptive steps (at most `steps`).
 
-    `dt0 = (t1 - t0) / steps` divides the interval exactly, so Diffrax's grid (a
-    first step of `dt0`, then equal steps) is adjointkit's.
+    `dt0 = (t1 - t0) / steps` divides the interval exactly, so Diffrax's constant
+    grid (a first step of `dt0`, then equal steps) is adjointkit's.
     """
     import diffrax
 
-    dt0 = (problem.t1 - problem.t0) / steps
+    if rtol is None:
+        dt0, controller = (problem.t1 - problem.t0) / steps, diffrax.ConstantStepSize()
+    else:
+        dt0, controller = None, diffrax.PIDController(rtol=rtol, atol=rtol)
 
     def loss(params):
         sol = diffrax.diffeqsolve(
@@ -54,11 +66,14 @@ def diffrax_loss(problem: BenchProblem, adjoint, steps: int) -> Callable:
             dt0,
             problem.y0,
             params,
+            stepsize_controller=controller,
             adjoint=adjoint,
             max_steps=steps,
         )
-        # Tsit5 is FSAL: one evaluation to start, six per step.
-        return problem.loss(sol.ys[-1]), 1 + 6 * jnp.asarray(sol.stats["num_steps"])
+        # Tsit5 is FSAL: one evaluation to start (two when choosing dt0), six per
+        # attempted step.
+        start = 1 if rtol is None else 2
+        return problem.loss(sol.ys[-1]), start + 6 * jnp.asarray(sol.stats["num_steps"])
 
     return loss
 

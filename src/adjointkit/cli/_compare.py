@@ -3,6 +3,7 @@
 import json
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,17 @@ def _diffrax_adjoints(steps: int):
     }
 
 
+def _adjoints_for(steps: int) -> dict:
+    ours = {k: ("adjointkit", v) for k, v in _adjointkit_adjoints(steps).items()}
+    theirs = {k: ("diffrax", v) for k, v in _diffrax_adjoints(steps).items()}
+    return {**ours, **theirs}
+
+
+# Adaptive runs may take this many steps at most; it sizes the buffers of the
+# adjoints that keep every step (DirectAdjoint, the interpolating ones).
+ADAPTIVE_MAX_STEPS = 1024
+
+
 def add_parser(sub):
     p = sub.add_parser(
         "compare",
@@ -47,7 +59,8 @@ def add_parser(sub):
         description=(
             "Measure forward time, value-and-grad time, XLA temp memory, "
             "f-evaluations and gradient error of every adjoint (and Diffrax's, when "
-            "installed) on one problem, side by side in one run."
+            "installed) on one problem, side by side in one run. Writes a table, "
+            "results.json and PNG plots."
         ),
     )
     p.add_argument("--problem", default="neural_ode", choices=sorted(bench.PROBLEMS))
@@ -57,7 +70,15 @@ def add_parser(sub):
         nargs="+",
         default=None,
         metavar="N",
-        help="numbers of constant Tsit5 steps (default: 100)",
+        help="numbers of constant Tsit5 steps (default: 50 200; --quick: 10 20)",
+    )
+    p.add_argument(
+        "--rtol",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="R",
+        help="also run adaptive steps at these tolerances (rtol = atol)",
     )
     p.add_argument(
         "--adjoints",
@@ -67,14 +88,14 @@ def add_parser(sub):
         help="which adjoints to run (default: all available)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="a small problem, fewer repeats"
+        "--quick", action="store_true", help="a small problem, fewer repeats (< 2 min)"
     )
     p.add_argument(
         "--out",
         type=pathlib.Path,
-        default=None,
+        default=pathlib.Path("compare-results"),
         metavar="DIR",
-        help="write results.json here",
+        help="where results.json and the plots go (default: ./compare-results)",
     )
     p.set_defaults(run=run)
     return p
@@ -128,18 +149,19 @@ def _rel_error(grad, ref) -> float:
     return float(np.linalg.norm(g - r) / np.linalg.norm(r))
 
 
-def _measure(problem, steps, adjoint, library, repeats):
+def _measure(problem, steps, rtol, adjoint, library, repeats):
     make = bench.adjointkit_loss if library == "adjointkit" else bench.diffrax_loss
-    forward = make(problem, adjoint, steps)
+    forward = make(problem, adjoint, steps, rtol)
 
     def loss(p):
         return forward(p)[0]
 
-    fwd = jax.jit(forward)
-    vg = jax.jit(jax.value_and_grad(loss))
+    # Compile each once: the compiled value-and-grad is both timed and measured.
+    fwd = jax.jit(forward).lower(problem.params).compile()
+    vg = jax.jit(jax.value_and_grad(loss)).lower(problem.params).compile()
     t_fwd = bench.time_call(fwd, problem.params, repeats=repeats)
     t_vg = bench.time_call(vg, problem.params, repeats=repeats)
-    mem = bench.temp_bytes(jax.value_and_grad(loss), problem.params)
+    mem = int(vg.memory_analysis().temp_size_in_bytes)
     _, grad = vg(problem.params)
     f_evals = int(fwd(problem.params)[1])
     return dict(
@@ -151,59 +173,115 @@ def _measure(problem, steps, adjoint, library, repeats):
     ), grad
 
 
+def _fail(message: str) -> int:
+    print(f"adjointkit compare: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args) -> int:
-    steps_list = args.steps or ([20] if args.quick else [100])
+    steps_list = args.steps or ([10, 20] if args.quick else [50, 200])
     if any(n < 1 for n in steps_list):
-        print("adjointkit compare: --steps must be positive integers", file=sys.stderr)
-        return 2
-
-    def adjoints_for(steps):
-        ours = {k: ("adjointkit", v) for k, v in _adjointkit_adjoints(steps).items()}
-        theirs = {k: ("diffrax", v) for k, v in _diffrax_adjoints(steps).items()}
-        return {**ours, **theirs}
-
-    available = adjoints_for(steps_list[0])
+        return _fail("--steps must be positive integers")
+    rtols = args.rtol or []
+    if any(not (0 < r < 1) for r in rtols):
+        return _fail("--rtol must be in (0, 1)")
+    available = _adjoints_for(steps_list[0])
     names = args.adjoints or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
-        print(
-            f"adjointkit compare: unknown adjoint(s) {unknown}; available: "
-            f"{sorted(available)}",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail(f"unknown adjoint(s) {unknown}; available: {sorted(available)}")
+
     problem = _problem(args.problem, args.quick)
-    reference = _reference_grad(problem)
     repeats = 3 if args.quick else 10
+    # (label, steps, rtol) per setting: constant steps first, then adaptive ones.
+    settings = [(str(n), n, None) for n in steps_list]
+    settings += [(f"rtol {r:g}", ADAPTIVE_MAX_STEPS, r) for r in rtols]
+    jobs = [(s, name) for s in settings for name in names]
     rows = []
-    for steps in steps_list:
-        for name in names:
-            library, adjoint = adjoints_for(steps)[name]
-            row, grad = _measure(problem, steps, adjoint, library, repeats)
+    with _Progress(len(jobs) + 1) as progress:
+        progress.step("float64 reference gradient")
+        reference = _reference_grad(problem)
+        for (label, steps, rtol), name in jobs:
+            progress.step(f"{name} at {label}")
+            library, adjoint = _adjoints_for(steps)[name]
+            row, grad = _measure(problem, steps, rtol, adjoint, library, repeats)
             row.update(
-                adjoint=name, steps=steps, grad_rel_error=_rel_error(grad, reference)
+                adjoint=name,
+                library=library,
+                steps=steps if rtol is None else None,
+                rtol=rtol,
+                setting=label,
+                grad_rel_error=_rel_error(grad, reference),
             )
             rows.append(row)
-            print(f"  measured {name} at N={steps}", file=sys.stderr)
     _print_table(rows, problem.name)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = dict(
-            problem=problem.name,
-            backend=jax.default_backend(),
-            device=str(jax.devices()[0]),
-            jax=jax.__version__,
-        )
-        (args.out / "results.json").write_text(
-            json.dumps(dict(meta=meta, rows=rows), indent=2)
-        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = dict(
+        problem=problem.name,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0]),
+        jax=jax.__version__,
+        quick=args.quick,
+    )
+    (args.out / "results.json").write_text(
+        json.dumps(dict(meta=meta, rows=rows), indent=2)
+    )
+    plots = _plot(rows, args.out, problem.name)
+    written = ", ".join(str(p) for p in [args.out / "results.json", *plots])
+    print(f"wrote {written}")
     return 0
+
+
+class _Progress:
+    """A rich progress bar, or one line per task where rich is missing."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        try:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description:40}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("compare", total=self.total)
+        except ImportError:
+            self._bar = None
+        self._first = True
+        return self
+
+    def step(self, description: str):
+        if self._bar is None:
+            print(f"  {description}", file=sys.stderr)
+            return
+        if not self._first:
+            self._bar.advance(self._task)
+        self._first = False
+        self._bar.update(self._task, description=description)
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.advance(self._task)
+            self._bar.__exit__(*exc)
+        return False
 
 
 def _print_table(rows, problem_name):
     headers = [
         "adjoint",
-        "N",
+        "N / rtol",
         "fwd ms",
         "v+g ms",
         "v+g/fwd",
@@ -214,7 +292,7 @@ def _print_table(rows, problem_name):
     lines = [
         [
             r["adjoint"],
-            str(r["steps"]),
+            r["setting"],
             f"{1e3 * r['forward_s']:.2f}",
             f"{1e3 * r['value_and_grad_s']:.2f}",
             f"{r['ratio']:.2f}",
@@ -228,9 +306,8 @@ def _print_table(rows, problem_name):
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(
-            title=f"adjointkit compare: {problem_name} ({jax.default_backend()})"
-        )
+        title = f"adjointkit compare: {problem_name} ({jax.default_backend()})"
+        table = Table(title=title)
         for h in headers:
             table.add_column(
                 h, justify="left" if h == "adjoint" else "right", no_wrap=True
@@ -249,3 +326,73 @@ def _print_table(rows, problem_name):
         print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
         for line in lines:
             print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+
+
+def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
+    """Memory and time against N (constant steps), and gradient error against
+    time (every run)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(
+            "adjointkit compare: matplotlib is not installed, so no plots "
+            "(pip install 'adjointkit[bench]')",
+            file=sys.stderr,
+        )
+        return []
+    names = list(dict.fromkeys(r["adjoint"] for r in rows))
+    fixed = [r for r in rows if r["rtol"] is None]
+    paths = []
+
+    def figure(filename: str, draw: Callable, xlabel: str, ylabel: str):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+        draw(ax)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{problem_name} ({jax.default_backend()})")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / filename
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+
+    def versus_steps(key, scale):
+        def draw(ax):
+            for name in names:
+                mine = sorted(
+                    (r["steps"], r[key]) for r in fixed if r["adjoint"] == name
+                )
+                if mine:
+                    xs, ys = zip(*mine, strict=True)
+                    style = "--" if name.startswith("diffrax") else "-"
+                    ax.plot(xs, [y * scale for y in ys], style, marker="o", label=name)
+
+        return draw
+
+    if fixed:
+        figure("memory_vs_steps.png", versus_steps("temp_bytes", 2**-20),
+               "constant steps N", "XLA temp memory (MiB)")  # fmt: skip
+        figure("time_vs_steps.png", versus_steps("value_and_grad_s", 1e3),
+               "constant steps N", "value and gradient (ms)")  # fmt: skip
+
+    def error_vs_time(ax):
+        for name in names:
+            mine = [r for r in rows if r["adjoint"] == name]
+            marker = "s" if name.startswith("diffrax") else "o"
+            ax.scatter(
+                [1e3 * r["value_and_grad_s"] for r in mine],
+                [max(r["grad_rel_error"], 1e-16) for r in mine],
+                marker=marker,
+                label=name,
+            )
+
+    figure("error_vs_time.png", error_vs_time, "value and gradient (ms)",
+           "gradient relative error")  # fmt: skip
+    return paths
