@@ -12,3 +12,4 @@ from ._runners import (
     diffrax_default_checkpoints as diffrax_default_checkpoints,
     diffrax_loss as diffrax_loss,
 )
+from ._spiral import Spiral as Spiral, spiral as spiral
