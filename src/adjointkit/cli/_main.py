@@ -18,9 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"adjointkit {__version__}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from . import _compare
+    from . import _compare, _train
 
     _compare.add_parser(sub)
+    _train.add_parser(sub)
     return parser
 
 
