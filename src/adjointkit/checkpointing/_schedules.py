@@ -11,10 +11,10 @@ class AllSteps(AbstractCheckpointSchedule):
     """Keep the state before every step; going back, recompute each step's
     internals once (inside its pullback) and nothing else.
 
-    Memory: one stored state (`y` and `f(t, y)`, plus the controller's few
-    scalars) per step — per step actually taken for constant steps known at trace
-    time, else per `max_steps`. The fastest exact gradient short of storing every
-    stage (`DirectAdjoint`).
+    Memory: one stored state (`y`, plus the step number or the controller's few
+    scalars; `f(t, y)` is recomputed from them) per step — per step actually
+    taken for constant steps known at trace time, else per `max_steps`. The
+    fastest exact gradient short of storing every stage (`DirectAdjoint`).
 
     **Arguments:** none.
 
