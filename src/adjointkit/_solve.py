@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -100,6 +101,11 @@ def solve(
         times = times._replace(
             **{field: runtime_check(getattr(times, field), pred, message)}
         )
+    # Differentiable leaves as proper arrays: under jax.grad a Python number
+    # becomes a tracer around a literal, whose cotangent a custom VJP drops.
+    f, args = jtu.tree_map(
+        lambda x: jnp.asarray(x) if eqx.is_array(x) else x, (f, args)
+    )
     check_vector_field(f, times.t0, y0, args)
 
     problem = Problem(
