@@ -413,8 +413,14 @@ def _plot(path: pathlib.Path, losses: list[float], adjoint: str) -> bool:
             file=sys.stderr,
         )
         return False
+    steps = np.arange(1, len(losses) + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(np.arange(1, len(losses) + 1), losses, lw=1)
+    ax.semilogy(steps, losses, lw=0.8, alpha=0.5, label="each batch")
+    k = max(1, len(losses) // 25)
+    if k > 1:  # a running mean over k steps, on a log scale
+        smooth = np.exp(np.convolve(np.log(losses), np.ones(k) / k, mode="valid"))
+        ax.semilogy(steps[k - 1 :], smooth, lw=1.8, label=f"mean of {k} steps")
+    ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("batch loss (MSE)")
     ax.set_title(f"Neural ODE on the spiral, {adjoint} adjoint")
