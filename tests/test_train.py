@@ -83,6 +83,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     for a, b in zip(arrays_a, arrays_b, strict=True):  # bit for bit
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
+    # Interrupted before its first checkpoint, a run says there is none.
+    calls.clear()
+    monkeypatch.setattr(_train, "_train_step", interrupted_step)
+    assert main([*common, "--checkpoint-every", "8", "--out", str(tmp_path)]) == 130
+    assert "no checkpoint was written" in capsys.readouterr().err
+    monkeypatch.setattr(_train, "_train_step", real_step)
+
     # Settings that change the run's course cannot be resumed.
     assert main([*common, "--out", str(broken), "--resume", "--lr", "0.02"]) == 2
     assert "cannot resume" in capsys.readouterr().err
@@ -129,6 +136,8 @@ def test_sharded_over_four_devices_matches_one(tmp_path):
         (["--steps", "0"], "--steps must be an integer >= 1"),
         (["--lr", "-1"], "--lr must be a positive number"),
         (["--window", "1"], "--window must be an integer >= 2"),
+        (["--window", "5000"], "window must be in [2, num_times=1000]"),
+        (["--seed", "-1"], "--seed must be an integer >= 0"),
         (["--devices", "4", "--batch-size", "6"], "must be a multiple of --devices"),
         (["--devices", "512", "--batch-size", "512"], "device(s) are available"),
         (["--batch-size", "5000"], "at most the 961 windows"),
@@ -149,3 +158,42 @@ def test_train_without_rich_or_matplotlib(tmp_path, monkeypatch, capsys):
     assert "rich is not installed" in err and "step 4/4" in err
     assert "matplotlib is not installed" in err
     assert (tmp_path / "train.json").exists() and not (tmp_path / "loss.png").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_with_jax_distributed(tmp_path):
+    """Multi-host data parallelism, on one machine: two processes of 2 CPU devices
+    each (`--distributed`, cross-process collectives over Gloo) train as one mesh of
+    4 and match one process of 4 devices to float32 rounding."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [*TINY, "--steps", "3", "--devices", "4"]
+    cmd = [sys.executable, "-m", "adjointkit.cli._main", "train", *argv]
+    base = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--distributed", "--out", str(tmp_path / "multi")],
+            env=dict(
+                base,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    single = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    subprocess.run([*cmd, "--out", str(tmp_path / "single")], env=single, check=True)
+    multi = json.loads((tmp_path / "multi" / "train.json").read_text())
+    one = json.loads((tmp_path / "single" / "train.json").read_text())
+    assert multi["processes"] == 2 and one["processes"] == 1
+    np.testing.assert_allclose(multi["losses"], one["losses"], rtol=1e-5)

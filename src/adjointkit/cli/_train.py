@@ -148,6 +148,7 @@ def _validate(args) -> None:
         ("width", 1),
         ("devices", 1),
         ("checkpoint_every", 1),
+        ("seed", 0),
     ]:
         if getattr(args, name) < least:
             flag = "--" + name.replace("_", "-")
@@ -447,7 +448,10 @@ def _run(args) -> int:
         _initialise_distributed()
     placement = _placement(args.devices)
     main_process = jax.process_index() == 0
-    data = bench.spiral(window=args.window)
+    try:
+        data = bench.spiral(window=args.window)
+    except ValueError as e:
+        raise _UsageError(f"--window: {e}") from e
     if args.batch_size > data.num_windows:
         raise _UsageError(
             f"--batch-size must be at most the {data.num_windows} windows of the "
