@@ -42,6 +42,11 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
         if row["rtol"] is None:
             # Tsit5, N constant steps: 1 + 6 N evaluations.
             assert row["forward_f_evals"] == 1 + 6 * row["steps"]
+        # Checkpointed pullbacks re-evaluate steps; direct ones only transpose.
+        if row["adjoint"] == "direct":
+            assert row["backward_f_evals"] == 0
+        else:
+            assert row["backward_f_evals"] >= row["forward_f_evals"]
     for plot in ("memory_vs_steps.png", "time_vs_steps.png", "error_vs_time.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,10 @@
 """The measuring harness shared by `adjointkit compare` and `benchmarks/`."""
 
-from ._measure import temp_bytes as temp_bytes, time_call as time_call
+from ._measure import (
+    count_f_evals as count_f_evals,
+    temp_bytes as temp_bytes,
+    time_call as time_call,
+)
 from ._problems import (
     PROBLEMS as PROBLEMS,
     BenchProblem as BenchProblem,

@@ -1,5 +1,6 @@
 """Timing and memory of compiled functions."""
 
+import dataclasses
 import statistics
 import time
 
@@ -27,3 +28,41 @@ def temp_bytes(fn, *args) -> int:
     compiled = jax.jit(fn).lower(*args).compile()
     analysis = compiled.memory_analysis()
     return int(analysis.temp_size_in_bytes)
+
+
+def count_f_evals(make_fn, problem, params) -> int:
+    """How many times a compiled program evaluates `problem.f`, counted as it runs.
+
+    **Arguments:**
+
+    - `make_fn`: `problem -> (params -> outputs)`, e.g. a solve's loss or its
+      `jax.grad`. It is called with a copy of `problem` whose `f` bumps a host-side
+      counter (`jax.debug.callback`) at each evaluation.
+    - `problem`, `params`: what to run, and with which parameters.
+
+    **Returns:** the number of evaluations of `f` in one run of the compiled
+    `make_fn(counted problem)(params)`. For `jax.grad` of a solve this is the
+    forward evaluations plus those of the backward pass: recomputation from
+    checkpoints, the backward solve of a continuous adjoint, the primal half of
+    each vector-Jacobian product of `f`. It watches `f` itself, so it counts alike
+    for any library and any adjoint. The callbacks slow the program down: count
+    in a separate, untimed run.
+    """
+    calls = [0]
+
+    def tick(_):
+        calls[0] += 1
+
+    def counted_f(t, y, args):
+        # The callback takes a scalar of the state so that it stays inside loops:
+        # one without operands is loop-invariant and may be hoisted out of them.
+        jax.debug.callback(tick, jax.tree_util.tree_leaves(y)[0].ravel()[0])
+        return problem.f(t, y, args)
+
+    fn = make_fn(dataclasses.replace(problem, f=counted_f))
+    compiled = jax.jit(fn).lower(params).compile()
+    jax.effects_barrier()
+    calls[0] = 0
+    jax.block_until_ready(compiled(params))
+    jax.effects_barrier()
+    return calls[0]

@@ -161,15 +161,21 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
     vg = jax.jit(jax.value_and_grad(loss)).lower(problem.params).compile()
     t_fwd = bench.time_call(fwd, problem.params, repeats=repeats)
     t_vg = bench.time_call(vg, problem.params, repeats=repeats)
-    mem = int(vg.memory_analysis().temp_size_in_bytes)
     _, grad = vg(problem.params)
-    f_evals = int(fwd(problem.params)[1])
+    forward_evals = int(fwd(problem.params)[1])
+    # Counted in a separate, untimed run that watches f (alike for both libraries).
+    gradient_evals = bench.count_f_evals(
+        lambda counted: jax.grad(lambda p: make(counted, adjoint, steps, rtol)(p)[0]),
+        problem,
+        problem.params,
+    )
     return dict(
         forward_s=t_fwd,
         value_and_grad_s=t_vg,
         ratio=t_vg / t_fwd,
-        temp_bytes=mem,
-        forward_f_evals=f_evals,
+        temp_bytes=int(vg.memory_analysis().temp_size_in_bytes),
+        forward_f_evals=forward_evals,
+        backward_f_evals=gradient_evals - forward_evals,
     ), grad
 
 
@@ -286,7 +292,8 @@ def _print_table(rows, problem_name):
         "v+g ms",
         "v+g/fwd",
         "temp MiB",
-        "f-evals",
+        "fwd f-evals",
+        "bwd f-evals",
         "grad rel err",
     ]
     lines = [
@@ -298,6 +305,7 @@ def _print_table(rows, problem_name):
             f"{r['ratio']:.2f}",
             f"{r['temp_bytes'] / 2**20:.2f}",
             str(r["forward_f_evals"]),
+            str(r["backward_f_evals"]),
             f"{r['grad_rel_error']:.2e}",
         ]
         for r in rows

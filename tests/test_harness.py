@@ -1,0 +1,72 @@
+"""The measuring harness behind `adjointkit compare` and `benchmarks/`: its counts of
+f-evaluations agree with what the solvers and adjoints report of themselves."""
+
+import jax
+import pytest
+
+import adjointkit as ak
+from adjointkit import benchmarking as bench
+
+
+N = 10  # constant Tsit5 steps
+PROBLEM = bench.neural_ode(state=4, width=8, batch=2)
+
+
+def _counts(adjoint, steps=N, rtol=None):
+    """(forward evaluations from `sol.stats`, counted forward, counted backward)."""
+
+    def make(problem):
+        return lambda p: bench.adjointkit_loss(problem, adjoint, steps, rtol)(p)[0]
+
+    stats = int(bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol)(PROBLEM.params)[1])
+    forward = bench.count_f_evals(make, PROBLEM, PROBLEM.params)
+    total = bench.count_f_evals(lambda pr: jax.grad(make(pr)), PROBLEM, PROBLEM.params)
+    return stats, forward, total - forward
+
+
+@pytest.mark.parametrize("rtol", [None, 1e-4], ids=["constant", "adaptive"])
+def test_counted_forward_evaluations_equal_the_solution_statistics(rtol):
+    steps = N if rtol is None else 64
+    stats, forward, _ = _counts(ak.DirectAdjoint(), steps, rtol)
+    assert forward == stats
+    if rtol is None:
+        assert forward == 1 + 6 * N  # Tsit5 is FSAL: one to start, six per step
+
+
+def test_direct_adjoint_evaluates_nothing_going_back():
+    # Reverse mode through the stored loop transposes it: no evaluation of f.
+    assert _counts(ak.DirectAdjoint())[2] == 0
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [ak.BacksolveAdjoint(), ak.InterpolatedAdjoint(), ak.QuadratureAdjoint()],
+    ids=["backsolve", "interpolated", "quadrature"],
+)
+@pytest.mark.parametrize("rtol", [None, 1e-4], ids=["constant", "adaptive"])
+def test_continuous_backward_evaluations_equal_the_backward_statistics(adjoint, rtol):
+    steps = N if rtol is None else 64
+    _, _, backward = _counts(adjoint, steps, rtol)
+    with ak.collect_backward_stats() as stats:
+        jax.block_until_ready(
+            jax.grad(
+                lambda p: bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol)(p)[0]
+            )(PROBLEM.params)
+        )
+    (only,) = stats
+    # The backward solve, plus f(t1, y(t1)) and f(t0, y0) for the end-time
+    # cotangents (both computed whether or not they are asked for).
+    assert backward == int(only["num_f_evals"]) + 2
+
+
+@pytest.mark.parametrize("schedule", [ak.BinomialCheckpoints(3), ak.EveryKSteps(4)])
+def test_checkpointed_backward_evaluations_follow_the_recomputation_count(schedule):
+    _, _, all_steps = _counts(ak.CheckpointedAdjoint(ak.AllSteps()))
+    # With every state kept, each step's pullback re-evaluates the step from its
+    # state (seven stages: the first is not stored), plus f(t1, y(t1)).
+    assert all_steps == 7 * N + 1
+    # A schedule with fewer states adds its re-run steps, six evaluations each.
+    _, _, backward = _counts(ak.CheckpointedAdjoint(schedule))
+    recomputed = schedule.plan(N, N).num_recomputed_steps(N)
+    assert recomputed > 0
+    assert backward == all_steps + 6 * recomputed
