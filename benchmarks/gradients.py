@@ -82,6 +82,14 @@ def main():
             fns[name] = jax.jit(value_and_grad)
             mib = bench.temp_bytes(value_and_grad, problem.params) / 2**20
             rows.append(dict(steps=n, method=name, temp_mib=mib, ms=None))
+        # On a GPU, the allocator's peak: smallest temp memory first, so that each
+        # run raises the (never falling) peak and the figure is its own.
+        for row in sorted(
+            (r for r in rows if r["steps"] == n), key=lambda r: r["temp_mib"]
+        ):
+            peak, exact = bench.device_peak_bytes(fns[row["method"]], problem.params)
+            row["peak_mib"] = None if peak is None else peak / 2**20
+            row["peak_exact"] = exact
         # Interleave the methods over rounds so that drifting load hits all alike.
         times = {name: [] for name in fns}
         for _ in range(args.rounds):
@@ -92,9 +100,13 @@ def main():
         for row in rows:
             if row["steps"] == n:
                 row["ms"] = 1e3 * min(times[row["method"]])
+                peak = ""
+                if row["peak_mib"] is not None:
+                    bound = "" if row["peak_exact"] else "<="
+                    peak = f"  device peak {bound}{row['peak_mib']:.1f} MiB"
                 print(
                     f"N={n:6d}  {row['method']:36s} {row['ms']:10.1f} ms "
-                    f"{row['temp_mib']:9.2f} MiB",
+                    f"{row['temp_mib']:9.2f} MiB{peak}",
                     flush=True,
                 )
         by_name = {r["method"]: r for r in rows if r["steps"] == n}

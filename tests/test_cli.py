@@ -69,3 +69,28 @@ def test_compare_rejects_an_unknown_problem(capsys):
         main(["compare", "--problem", "nonsense"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_table_shows_the_device_peak_where_the_backend_keeps_one(capsys):
+    from adjointkit.cli._compare import _print_table
+
+    row = dict(
+        adjoint="a",
+        setting="10",
+        forward_s=1e-3,
+        value_and_grad_s=2e-3,
+        ratio=2.0,
+        temp_bytes=2**20,
+        forward_f_evals=61,
+        backward_f_evals=71,
+        grad_rel_error=1e-7,
+        device_peak_bytes=None,
+        device_peak_exact=False,
+    )
+    _print_table([row], "p")
+    assert "peak MiB" not in capsys.readouterr().out  # a CPU
+    on_gpu = {**row, "device_peak_bytes": 3 * 2**20, "device_peak_exact": True}
+    # An inexact peak was set by an earlier, larger run: shown as a bound.
+    _print_table([on_gpu, {**on_gpu, "adjoint": "b", "device_peak_exact": False}], "p")
+    out = capsys.readouterr().out
+    assert "peak MiB" in out and "<= 3.0" in out and out.count("3.0") == 2

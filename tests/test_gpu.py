@@ -64,6 +64,11 @@ def test_backsolve_agrees_with_diffrax_backsolve():
 def test_peak_memory_is_reported():
     stats = jax.devices()[0].memory_stats()
     assert stats is not None and stats["peak_bytes_in_use"] > 0
+    # A larger allocation than anything before it: its peak is its own.
+    big = 2**20 + stats["peak_bytes_in_use"] // 4  # float32 elements
+    fn = jax.jit(lambda x: jnp.full((big,), x))  # an output of 4 big bytes
+    peak, exact = bench.device_peak_bytes(fn, jnp.float32(2.0))
+    assert exact and peak >= 4 * big
 
 
 def test_checkpointed_gradient_in_float32_matches_float64_reference():

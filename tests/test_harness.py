@@ -70,3 +70,32 @@ def test_checkpointed_backward_evaluations_follow_the_recomputation_count(schedu
     recomputed = schedule.plan(N, N).num_recomputed_steps(N)
     assert recomputed > 0
     assert backward == all_steps + 6 * recomputed
+
+
+def test_device_peak_is_absent_on_a_cpu():
+    assert jax.default_backend() == "cpu"  # the suite runs on CPU; GPU: test_gpu.py
+    assert bench.device_peak_bytes(lambda x: x + 1, jax.numpy.ones(3)) == (None, False)
+
+
+class _FakeDevice:
+    """An allocator whose peak only grows, as a GPU's does."""
+
+    def __init__(self):
+        self.peak = 100
+
+    def memory_stats(self):
+        return {"peak_bytes_in_use": self.peak}
+
+
+@pytest.mark.parametrize("needs, expected", [(250, (250, True)), (50, (100, False))])
+def test_device_peak_is_exact_only_when_the_call_raises_it(
+    monkeypatch, needs, expected
+):
+    device = _FakeDevice()
+    monkeypatch.setattr(jax, "devices", lambda: [device])
+
+    def fn():
+        device.peak = max(device.peak, needs)
+        return jax.numpy.zeros(())
+
+    assert bench.device_peak_bytes(fn) == expected

@@ -2,6 +2,7 @@
 
 from ._measure import (
     count_f_evals as count_f_evals,
+    device_peak_bytes as device_peak_bytes,
     temp_bytes as temp_bytes,
     time_call as time_call,
 )

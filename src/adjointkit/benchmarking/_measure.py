@@ -30,6 +30,27 @@ def temp_bytes(fn, *args) -> int:
     return int(analysis.temp_size_in_bytes)
 
 
+def device_peak_bytes(fn, *args) -> tuple[int | None, bool]:
+    """The device allocator's peak bytes in use after one call of `fn(*args)`.
+
+    **Returns:** `(peak, exact)`. `peak` is `memory_stats()["peak_bytes_in_use"]`
+    of the default device (everything alive on it at the worst moment, arguments
+    and other arrays included), or `None` where the backend keeps no statistics
+    (CPU). The allocator's peak never goes down, so it is this call's own peak only
+    when the call raised it: `exact` says so. When it is `False`, `peak` is an
+    upper bound set by something the process ran earlier; measuring the
+    smaller functions first keeps most figures exact.
+    """
+    device = jax.devices()[0]
+    stats = device.memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None, False
+    before = int(stats["peak_bytes_in_use"])
+    jax.block_until_ready(fn(*args))
+    after = int(device.memory_stats()["peak_bytes_in_use"])
+    return after, after > before
+
+
 def count_f_evals(make_fn, problem, params) -> int:
     """How many times a compiled program evaluates `problem.f`, counted as it runs.
 

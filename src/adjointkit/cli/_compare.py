@@ -159,6 +159,8 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
     # Compile each once: the compiled value-and-grad is both timed and measured.
     fwd = jax.jit(forward).lower(problem.params).compile()
     vg = jax.jit(jax.value_and_grad(loss)).lower(problem.params).compile()
+    # Before anything else runs vg, so that its peak is its own where it can be.
+    peak, peak_exact = bench.device_peak_bytes(vg, problem.params)
     t_fwd = bench.time_call(fwd, problem.params, repeats=repeats)
     t_vg = bench.time_call(vg, problem.params, repeats=repeats)
     _, grad = vg(problem.params)
@@ -174,6 +176,8 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
         value_and_grad_s=t_vg,
         ratio=t_vg / t_fwd,
         temp_bytes=int(vg.memory_analysis().temp_size_in_bytes),
+        device_peak_bytes=peak,
+        device_peak_exact=peak_exact,
         forward_f_evals=forward_evals,
         backward_f_evals=gradient_evals - forward_evals,
     ), grad
@@ -310,6 +314,12 @@ def _print_table(rows, problem_name):
         ]
         for r in rows
     ]
+    if any(r["device_peak_bytes"] is not None for r in rows):
+        # A GPU: the allocator's peak too ("<=": an earlier, larger run set it).
+        headers.insert(6, "peak MiB")
+        for line, r in zip(lines, rows, strict=True):
+            bound = "" if r["device_peak_exact"] else "<= "
+            line.insert(6, f"{bound}{r['device_peak_bytes'] / 2**20:.1f}")
     try:
         from rich.console import Console
         from rich.table import Table
