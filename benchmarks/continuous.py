@@ -18,7 +18,6 @@ import argparse
 import functools
 import json
 import pathlib
-import platform
 
 import diffrax
 import jax
@@ -241,13 +240,8 @@ def main():
         ours, theirs = by["ak BacksolveAdjoint()"], by["dfx BacksolveAdjoint"]
         ratio = ours["ms"] / theirs["ms"]
         print(f"rtol={rtol:.0e}  Backsolve time ratio (ak / Diffrax) {ratio:.2f}")
-    meta = dict(
+    meta = bench.run_metadata(
         benchmark="continuous",
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
-        machine=platform.platform(),
-        jax=jax.__version__,
-        diffrax=diffrax.__version__,
         batch=args.batch,
         width=args.width,
         state=args.state,
@@ -255,10 +249,7 @@ def main():
     )
     print(json.dumps(meta))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "continuous.json").write_text(
-            json.dumps(dict(meta=meta, rows=rows), indent=2)
-        )
+        bench.write_results(args.out, "continuous.json", meta, rows)
 
 
 if __name__ == "__main__":

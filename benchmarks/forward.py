@@ -11,7 +11,6 @@ the same process; the figure that matters is the ratio.
 import argparse
 import json
 import pathlib
-import platform
 
 import diffrax
 import jax
@@ -80,24 +79,12 @@ def main():
             f"{row['diffrax_ms']:9.2f} ms   ratio {row['ratio']:.3f}"
         )
 
-    meta = dict(
-        benchmark="forward",
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
-        machine=platform.platform(),
-        processor=platform.processor(),
-        jax=jax.__version__,
-        diffrax=diffrax.__version__,
-        batch=args.batch,
-        width=args.width,
-        state=args.state,
+    meta = bench.run_metadata(
+        benchmark="forward", batch=args.batch, width=args.width, state=args.state
     )
     print(json.dumps(meta))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "forward.json").write_text(
-            json.dumps(dict(meta=meta, rows=rows), indent=2)
-        )
+        bench.write_results(args.out, "forward.json", meta, rows)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ bytes of the compiled value-and-grad (DESIGN §3). Compared pairs:
 import argparse
 import json
 import pathlib
-import platform
 
 import diffrax
 import jax
@@ -118,23 +117,12 @@ def main():
                 f"memory {mine['temp_mib'] / ref['temp_mib']:.2f}x  ({mine['method']} "
                 f"vs {theirs})"
             )
-    meta = dict(
-        benchmark="gradients",
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
-        machine=platform.platform(),
-        jax=jax.__version__,
-        diffrax=diffrax.__version__,
-        batch=args.batch,
-        width=args.width,
-        state=args.state,
+    meta = bench.run_metadata(
+        benchmark="gradients", batch=args.batch, width=args.width, state=args.state
     )
     print(json.dumps(meta))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gradients.json").write_text(
-            json.dumps(dict(meta=meta, rows=rows), indent=2)
-        )
+        bench.write_results(args.out, "gradients.json", meta, rows)
 
 
 if __name__ == "__main__":

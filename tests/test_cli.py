@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from adjointkit import __version__
@@ -31,6 +32,10 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
     assert "checkpointed" in table and "direct" in table and "grad rel err" in table
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
+    # Figures mean little without where and when they were taken.
+    meta = results["meta"]
+    assert meta["backend"] == jax.default_backend() and meta["device"]
+    assert meta["date"].startswith("20") and meta["jax"] == jax.__version__
     assert {r["adjoint"] for r in rows} == {"checkpointed", "direct"}
     assert {r["setting"] for r in rows} == {"10", "20", "rtol 0.0001"}
     for row in rows:

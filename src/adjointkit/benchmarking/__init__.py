@@ -12,6 +12,7 @@ from ._problems import (
     lotka_volterra as lotka_volterra,
     neural_ode as neural_ode,
 )
+from ._report import run_metadata as run_metadata, write_results as write_results
 from ._runners import (
     adjointkit_loss as adjointkit_loss,
     diffrax_default_checkpoints as diffrax_default_checkpoints,

@@ -1,6 +1,5 @@
 """`adjointkit compare`: what each adjoint costs and gives, measured here."""
 
-import json
 import pathlib
 import sys
 from collections.abc import Callable
@@ -225,17 +224,10 @@ def run(args) -> int:
             )
             rows.append(row)
     _print_table(rows, problem.name)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = dict(
-        problem=problem.name,
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
-        jax=jax.__version__,
-        quick=args.quick,
+    meta = bench.run_metadata(
+        benchmark="compare", problem=problem.name, quick=args.quick
     )
-    (args.out / "results.json").write_text(
-        json.dumps(dict(meta=meta, rows=rows), indent=2)
-    )
+    bench.write_results(args.out, "results.json", meta, rows)
     plots = _plot(rows, args.out, problem.name)
     written = ", ".join(str(p) for p in [args.out / "results.json", *plots])
     print(f"wrote {written}")
