@@ -46,3 +46,28 @@ def rel_err(a, b) -> float:
 def convergence_slope(step_sizes, errors) -> float:
     """Least-squares slope of log(error) against log(step size)."""
     return float(np.polyfit(np.log(step_sizes), np.log(errors), 1)[0])
+
+
+# --- memory of a compiled gradient (DESIGN §3) -------------------------------------
+
+# A state big enough that stored states dominate a step's own working memory.
+BIG = 256
+
+
+def gradient_temp_mib(adjoint, num_steps) -> float:
+    """XLA temp memory (MiB) of the compiled gradient of a (4, BIG) float64 solve,
+    y' = tanh(y w), with `num_steps` constant Tsit5 steps and `adjoint`."""
+    import adjointkit as ak
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(BIG, BIG)) / BIG)
+
+    def loss(w):
+        sol = ak.solve(
+            lambda t, y, w: jnp.tanh(y @ w), ak.Tsit5(), 0.0, 1.0,
+            jnp.ones((4, BIG)), w, dt0=1.0 / num_steps, adjoint=adjoint,
+            max_steps=num_steps,
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1])
+
+    compiled = jax.jit(jax.grad(loss)).lower(w).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20

@@ -22,11 +22,10 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import adjointkit as ak
-from helpers import A3, Y3, rel_err, tanh_field
+from helpers import A3, BIG, Y3, gradient_temp_mib, rel_err, tanh_field
 
 
 # Same discrete solution differentiated in another order: rounding only, which
@@ -239,37 +238,19 @@ def test_forward_mode_is_refused():
 
 # --- memory --------------------------------------------------------------------
 
-# A state big enough that stored states dominate the step's own working memory.
-_BIG = 256
-
-
-def _temp_mib(adjoint, num_steps):
-    w = jnp.asarray(np.random.default_rng(0).normal(size=(_BIG, _BIG)) / _BIG)
-
-    def loss(w):
-        sol = ak.solve(
-            lambda t, y, w: jnp.tanh(y @ w), ak.Tsit5(), 0.0, 1.0,
-            jnp.ones((4, _BIG)), w, dt0=1.0 / num_steps, adjoint=adjoint,
-            max_steps=num_steps,
-        )  # fmt: skip
-        return jnp.sum(sol.ys[-1])
-
-    compiled = jax.jit(jax.grad(loss)).lower(w).compile()
-    return compiled.memory_analysis().temp_size_in_bytes / 2**20
-
 
 def test_binomial_memory_is_flat_in_the_number_of_steps():
     adjoint = ak.CheckpointedAdjoint(ak.BinomialCheckpoints(8))
-    small, large = _temp_mib(adjoint, 500), _temp_mib(adjoint, 4000)
+    small, large = gradient_temp_mib(adjoint, 500), gradient_temp_mib(adjoint, 4000)
     assert large <= 1.25 * small, (small, large)
 
 
 def test_all_steps_memory_grows_linearly():
     adjoint = ak.CheckpointedAdjoint(ak.AllSteps())
-    m100, m400, m1600 = (_temp_mib(adjoint, n) for n in (100, 400, 1600))
+    m100, m400, m1600 = (gradient_temp_mib(adjoint, n) for n in (100, 400, 1600))
     # One kept state (y, a (4, 256) float64 array: 8 KiB) per step, on top of the
     # step's own fixed working memory; 5% covers XLA's alignment of buffers.
-    kept_state = 4 * _BIG * 8 / 2**20
+    kept_state = 4 * BIG * 8 / 2**20
     assert (m400 - m100) / 300 == pytest.approx(kept_state, rel=0.05)
     assert (m1600 - m400) / 1200 == pytest.approx(kept_state, rel=0.05)
 
@@ -277,7 +258,8 @@ def test_all_steps_memory_grows_linearly():
 def test_every_k_steps_memory_is_k_plus_n_over_k():
     n = 400
     mem = {
-        k: _temp_mib(ak.CheckpointedAdjoint(ak.EveryKSteps(k)), n) for k in (5, 20, 80)
+        k: gradient_temp_mib(ak.CheckpointedAdjoint(ak.EveryKSteps(k)), n)
+        for k in (5, 20, 80)
     }
     # Stored states: N/k kept + k while reversing a segment: 85, 40, 85 states.
     assert mem[20] < mem[5] and mem[20] < mem[80]

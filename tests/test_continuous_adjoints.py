@@ -30,7 +30,7 @@ import pytest
 import scipy.linalg
 
 import adjointkit as ak
-from helpers import A3, M2, Y2, Y3, rel_err, tanh_field
+from helpers import A3, BIG, M2, Y2, Y3, gradient_temp_mib, rel_err, tanh_field
 
 
 RTOL = 1e-10
@@ -256,40 +256,23 @@ def test_seminorm_is_off_by_default():
 
 # --- memory ----------------------------------------------------------------------
 
-_BIG = 256
-
-
-def _temp_mib(adjoint, num_steps):
-    w = jnp.asarray(np.random.default_rng(0).normal(size=(_BIG, _BIG)) / _BIG)
-
-    def loss(w):
-        sol = ak.solve(
-            lambda t, y, w: jnp.tanh(y @ w), ak.Tsit5(), 0.0, 1.0,
-            jnp.ones((4, _BIG)), w, dt0=1.0 / num_steps, adjoint=adjoint,
-            max_steps=num_steps,
-        )  # fmt: skip
-        return jnp.sum(sol.ys[-1])
-
-    compiled = jax.jit(jax.grad(loss)).lower(w).compile()
-    return compiled.memory_analysis().temp_size_in_bytes / 2**20
-
 
 def test_backsolve_memory_is_flat_in_the_number_of_steps():
-    small, large = (_temp_mib(ak.BacksolveAdjoint(), n) for n in (500, 4000))
+    small, large = (gradient_temp_mib(ak.BacksolveAdjoint(), n) for n in (500, 4000))
     assert large <= 1.25 * small, (small, large)
 
 
 def test_interpolated_memory_grows_linearly():
     adjoint = ak.InterpolatedAdjoint()  # Hermite: y and f per grid point
-    m100, m400 = (_temp_mib(adjoint, n) for n in (100, 400))
-    kept_point = 2 * 4 * _BIG * 8 / 2**20  # two (4, 256) float64 arrays
+    m100, m400 = (gradient_temp_mib(adjoint, n) for n in (100, 400))
+    kept_point = 2 * 4 * BIG * 8 / 2**20  # two (4, 256) float64 arrays
     assert (m400 - m100) / 300 == pytest.approx(kept_point, rel=0.05)
 
 
 def test_interpolated_with_checkpoints_memory_is_k_plus_n_over_k():
     n = 400
     mem = {
-        k: _temp_mib(ak.InterpolatedAdjoint(checkpoints=ak.EveryKSteps(k)), n)
+        k: gradient_temp_mib(ak.InterpolatedAdjoint(checkpoints=ak.EveryKSteps(k)), n)
         for k in (5, 20, 80)
     }
     # N/k kept states plus k interpolation points while one segment is rebuilt.
