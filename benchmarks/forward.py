@@ -32,35 +32,14 @@ def main():
     problem = bench.neural_ode(state=args.state, width=args.width, batch=args.batch)
     rows = []
     for n in args.steps:
-        dt0 = (problem.t1 - problem.t0) / n
-
-        @jax.jit
-        def ak_forward(params, n=n, dt0=dt0):
-            sol = ak.solve(
-                problem.f,
-                ak.Tsit5(),
-                problem.t0,
-                problem.t1,
-                problem.y0,
-                params,
-                dt0=dt0,
-                max_steps=n,
-            )
-            return sol.ys[-1]
-
-        @jax.jit
-        def dfx_forward(params, n=n, dt0=dt0):
-            sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(problem.f),
-                diffrax.Tsit5(),
-                problem.t0,
-                problem.t1,
-                dt0,
-                problem.y0,
-                params,
-                max_steps=n,
-            )
-            return sol.ys[-1]
+        # The shared runners, each with its library's default adjoint (a forward
+        # solve alone does not store anything for it): solve, then the loss.
+        ak_forward = jax.jit(
+            bench.adjointkit_loss(problem, ak.CheckpointedAdjoint(), n)
+        )
+        dfx_forward = jax.jit(
+            bench.diffrax_loss(problem, diffrax.RecursiveCheckpointAdjoint(), n)
+        )
 
         # Interleave the two so that drifts in machine load hit both alike.
         t_ak, t_dfx = [], []
