@@ -99,3 +99,18 @@ def test_device_peak_is_exact_only_when_the_call_raises_it(
         return jax.numpy.zeros(())
 
     assert bench.device_peak_bytes(fn) == expected
+
+
+@pytest.mark.parametrize("rtol", [None, 1e-4], ids=["constant", "adaptive"])
+def test_diffrax_runner_reports_the_evaluations_it_makes(rtol):
+    # compare takes Diffrax's forward count from `diffrax_loss`, which derives it
+    # from `num_steps` (Diffrax reports no evaluation count): watch f to check it.
+    import diffrax
+
+    adjoint, steps = diffrax.RecursiveCheckpointAdjoint(), N if rtol is None else 64
+
+    def make(problem):
+        return lambda p: bench.diffrax_loss(problem, adjoint, steps, rtol)(p)[0]
+
+    reported = bench.diffrax_loss(PROBLEM, adjoint, steps, rtol)(PROBLEM.params)[1]
+    assert bench.count_f_evals(make, PROBLEM, PROBLEM.params) == int(reported)
