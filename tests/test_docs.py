@@ -1,9 +1,13 @@
-"""Every Python code block in the README and the docs runs as written."""
+"""Every Python code block in the README and the docs runs as written, and every
+public name is documented as the API reference needs it."""
 
+import inspect
 import pathlib
 import re
 
 import pytest
+
+import adjointkit as ak
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -24,3 +28,26 @@ def test_there_are_examples_to_run():
 @pytest.mark.parametrize("block", BLOCKS)
 def test_code_block_runs(block):
     exec(compile(block, "<docs>", "exec"), {"__name__": "__docs__"})
+
+
+PUBLIC = sorted(
+    name
+    for name in dir(ak)
+    if not name.startswith("_") and not inspect.ismodule(getattr(ak, name))
+)
+# What a docstring says of its inputs: arguments of what users call; the fields of
+# what they read; the values of an enumeration; the duties of an abstract class.
+_SECTIONS = (
+    "**Arguments:**",
+    "**Attributes:**",
+    "**Values:**",
+    "implementation provides",
+)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_public_name_documents_its_inputs(name):
+    doc = inspect.getdoc(getattr(ak, name)) or ""
+    assert any(section in doc for section in _SECTIONS), name
+    if inspect.isfunction(getattr(ak, name)):
+        assert "**Returns:**" in doc, name

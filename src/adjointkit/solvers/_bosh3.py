@@ -27,6 +27,9 @@ class Bosh3(AbstractExplicitRungeKutta):
     evaluations per step), embedded second-order estimate, cubic Hermite dense
     output (third order).
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     Reference: P. Bogacki and L. F. Shampine, "A 3(2) pair of Runge--Kutta
     formulas", Applied Mathematics Letters 2(4), 1989.
     """

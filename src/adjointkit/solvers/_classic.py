@@ -54,6 +54,9 @@ class Euler(AbstractExplicitRungeKutta):
     """Euler's method: first order, one evaluation per step, no error estimate
     (constant step sizes only). Cubic Hermite dense output.
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
     I* (2nd ed., Springer 1993), Section II.1.
     """
@@ -66,6 +69,9 @@ class Heun(AbstractExplicitRungeKutta):
     evaluations per step, with Euler's method embedded for an error estimate.
     Cubic Hermite dense output.
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
     I* (2nd ed., Springer 1993), Section II.1.
     """
@@ -76,6 +82,9 @@ class Heun(AbstractExplicitRungeKutta):
 class Midpoint(AbstractExplicitRungeKutta):
     """The explicit midpoint method: second order, two evaluations per step, with
     Euler's method embedded for an error estimate. Cubic Hermite dense output.
+
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
 
     Reference: Hairer, Nørsett & Wanner, *Solving Ordinary Differential Equations
     I* (2nd ed., Springer 1993), Section II.1.
@@ -89,6 +98,9 @@ class Ralston(AbstractExplicitRungeKutta):
     error bound), two evaluations per step, with Euler's method embedded for an
     error estimate. Cubic Hermite dense output.
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     Reference: A. Ralston, "Runge--Kutta methods with minimum error bounds", Math.
     Comp. 16, 1962.
     """
@@ -99,6 +111,9 @@ class Ralston(AbstractExplicitRungeKutta):
 class RK4(AbstractExplicitRungeKutta):
     """The classical fourth-order Runge--Kutta method: four evaluations per step,
     no error estimate (constant step sizes only). Cubic Hermite dense output.
+
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
 
     References: W. Kutta, "Beitrag zur näherungsweisen Integration totaler
     Differentialgleichungen", Z. Math. Phys. 46, 1901; Hairer, Nørsett & Wanner,

@@ -83,6 +83,9 @@ class Dopri5(AbstractExplicitRungeKutta):
     evaluations per step), embedded fourth-order estimate, and Shampine's
     fourth-order continuous extension.
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     References: J. R. Dormand and P. J. Prince, "A family of embedded Runge--Kutta
     formulae", J. Comput. Appl. Math. 6, 1980; L. F. Shampine, "Some practical
     Runge--Kutta formulas", Math. Comp. 46, 1986.

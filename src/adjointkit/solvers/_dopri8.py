@@ -200,6 +200,9 @@ class Dopri8(AbstractExplicitRungeKutta):
     continuous extension of fifth order (so values between steps, `SaveAt(ts)` and
     `evaluate`, are less accurate than the steps themselves).
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     References: P. J. Prince and J. R. Dormand, "High order embedded Runge--Kutta
     formulae", J. Comput. Appl. Math. 7, 1981; P. Bogacki and L. F. Shampine,
     "Interpolating high-order Runge--Kutta formulas", Comput. Math. Appl. 20, 1990.

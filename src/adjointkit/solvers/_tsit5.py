@@ -97,6 +97,9 @@ class Tsit5(AbstractExplicitRungeKutta):
 
     A good default for non-stiff problems, and for Neural ODEs.
 
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller).
+
     Reference: Ch. Tsitouras, "Runge--Kutta pairs of order 5(4) satisfying only the
     first column simplifying assumption", Computers & Mathematics with Applications
     62(2), 2011.
