@@ -372,3 +372,20 @@ def test_forward_mode_is_refused():
 
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jvp(loss, (jnp.asarray(Y3),), (jnp.ones(3),))
+
+
+def test_float32_segment_replays_retrace_the_forward_steps():
+    # With checkpoints, each segment's interpolation is rebuilt by replaying its
+    # steps; they reuse the forward pass's recorded step-size decisions, so the
+    # result equals that of the stored trajectory up to float32 rounding (a
+    # replay that re-decided could take other steps near float32's resolution).
+    from adjointkit import benchmarking as bench
+
+    problem = bench.lotka_volterra(dtype=jnp.float32)
+
+    def grad(checkpoints):
+        adjoint = ak.InterpolatedAdjoint(checkpoints=checkpoints)
+        loss = bench.adjointkit_loss(problem, adjoint, 1024, 1e-6)
+        return jax.jit(jax.grad(lambda p: loss(p)[0]))(problem.params)
+
+    assert rel_err(grad(ak.EveryKSteps(8)), grad(None)) < 1e-4

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
 from ._problem import Problem
-from ._recording import AbstractRecorder, StepRecord
+from ._recording import AbstractRecorder, DecisionRecorder, StepRecord
 from ._solution import RESULTS
 from ._tree import tree_all_finite, tree_where
 from .controllers._constant import grid_time
@@ -111,6 +111,15 @@ class GridStepper(eqx.Module):
     def num_attempts(self, problem: Problem) -> int:
         return min(problem.num_steps, problem.max_steps)
 
+    def decision_recorder(self, problem: Problem) -> None:
+        """Nothing to record: a grid makes no decisions that rounding could change."""
+        del problem
+        return None
+
+    def replaying(self, decisions) -> "GridStepper":
+        del decisions
+        return self
+
     def checkpoint(self, state: GridState) -> GridState:
         """What a checkpoint keeps: the step number and `y`. (`f` is one
         evaluation away, and would double the memory of every checkpoint.)"""
@@ -146,7 +155,26 @@ class GridStepper(eqx.Module):
 
 
 class ControlledStepper(eqx.Module):
-    """Steps chosen by `problem.controller`, attempted until `t1` is reached."""
+    """Steps chosen by `problem.controller`, attempted until `t1` is reached.
+
+    With `decisions` (from a `DecisionRecorder` of an earlier run of the same
+    solve) it replays that run's accept/reject decisions and proposed step ends
+    instead of asking the controller: what checkpointed replays use, so that they
+    retrace the forward pass's times exactly whatever the rounding of `y`.
+    """
+
+    decisions: tuple[Bool[Array, " attempts"], Real[Array, " attempts"]] | None = None
+
+    def decision_recorder(self, problem: Problem) -> DecisionRecorder | None:
+        """What to record in a run that will be replayed: the decisions of an
+        adaptive controller (a constant step size's are a formula of the step
+        number, the same in any replay)."""
+        return DecisionRecorder() if problem.controller.adaptive else None
+
+    def replaying(self, decisions) -> "ControlledStepper":
+        """This stepper, replaying `decisions` (the record of `decision_recorder`,
+        or `None`: decide afresh)."""
+        return ControlledStepper(decisions=decisions)
 
     def init(self, problem: Problem) -> ControlledState:
         vf = problem.vector_field
@@ -181,16 +209,28 @@ class ControlledStepper(eqx.Module):
         y1, y_error, dense_info, f1 = solver.step(
             problem.vector_field, state.t, state.tnext, state.y, problem.args, state.f
         )
-        accept, next_t0, next_tnext, controller_state, failed = controller.adapt(
-            state.t,
-            state.tnext,
-            state.y,
-            y1,
-            y_error,
-            solver.error_order,
-            state.controller_state,
-        )
-        next_tnext = _clip_to_end(problem, next_tnext)
+        if self.decisions is None:
+            accept, next_t0, proposed, controller_state, failed = controller.adapt(
+                state.t,
+                state.tnext,
+                state.y,
+                y1,
+                y_error,
+                solver.error_order,
+                state.controller_state,
+            )
+        else:
+            accepted, proposals = self.decisions
+            accept = accepted[state.num_steps]
+            # As every controller does: on to `tnext` if accepted, else stay.
+            next_t0 = jnp.where(accept, state.tnext, state.t)
+            # The recorded value, bit for bit, with the derivative the controller's
+            # `next_t0 + dt` has (step sizes themselves are not differentiated).
+            proposed = proposals[state.num_steps] + (
+                next_t0 - lax.stop_gradient(next_t0)
+            )
+            controller_state, failed = state.controller_state, jnp.array(False)
+        next_tnext = _clip_to_end(problem, proposed)
         result = state.result
         if controller.adaptive:
             # A step that cannot be made: the controller gave up (dtmin), or the
@@ -227,6 +267,7 @@ class ControlledStepper(eqx.Module):
             dense_info=dense_info,
             accepted=accept,
             state=state,
+            proposed_tnext=proposed,
         )
         new_state = ControlledState(
             t=next_t0,

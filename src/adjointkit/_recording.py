@@ -26,7 +26,9 @@ class StepRecord(eqx.Module):
     `index` (0-based). Data recorded at `index` for a rejected step is overwritten
     by the next attempt, which has the same index: recorders may write
     unconditionally. `state` is the stepper's state before the attempt (what a
-    checkpoint keeps).
+    checkpoint keeps). `proposed_tnext` is the end time the controller proposed
+    for the next attempt, before clipping to `t1` (`None` on a grid): with
+    `accepted`, all a replay needs to retrace the step sizes (`DecisionRecorder`).
     """
 
     attempt: Int[Array, ""]
@@ -40,6 +42,7 @@ class StepRecord(eqx.Module):
     dense_info: PyTree
     accepted: Bool[Array, ""]
     state: PyTree
+    proposed_tnext: Real[Array, ""] | None = None
 
 
 def inexact(tree: PyTree) -> PyTree:
@@ -229,3 +232,34 @@ class TsRecorder(AbstractRecorder):
             is_leaf=lambda x: x is None,
         )
         return (ct_ys, ct_ts), ct_step
+
+
+class DecisionRecorder(AbstractRecorder):
+    """Each attempt's step-size decisions: whether it was accepted, and the end
+    time the controller proposed next.
+
+    A replay from a checkpoint that re-ran the controller would depend on rounding:
+    the replayed steps are compiled in another loop, and a last-bit difference in
+    an error estimate near the tolerance can turn an acceptance into a rejection,
+    after which the replay retraces a different solve and the gradient is that of
+    the wrong steps (in float32, badly so). Replaying these recorded decisions
+    instead (`ControlledStepper.replaying`) retraces the same times bit for bit;
+    only `y` may differ, by rounding. Two scalars per attempt.
+    """
+
+    def init(self, t0, y0, f0, dense_like, capacity):
+        del y0, f0, dense_like
+        return (jnp.zeros((capacity,), bool), jnp.zeros((capacity,), t0.dtype))
+
+    def record(self, state, step):
+        accepted, proposed = state
+        return (
+            accepted.at[step.attempt].set(step.accepted),
+            proposed.at[step.attempt].set(step.proposed_tnext),
+        )
+
+    def pullback(self, state, ct_state, step):
+        raise TypeError(
+            "step-size decisions are kept for the backward pass, not returned: "
+            "there is nothing to pull back through them."
+        )

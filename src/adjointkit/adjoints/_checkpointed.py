@@ -42,18 +42,23 @@ def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule
             plan=plan, stepper=stepper, kept_like=kept_like
         ),
     }
+    decider = stepper.decision_recorder(problem)
+    if decider is not None:
+        recorders["_decisions"] = decider
     summary, final_state, records = run(problem, recorders, differentiable=False)
     checkpoints = records.pop("_checkpoints")
-    residuals = (final_state, checkpoints, summary.num_steps, records)
+    decisions = records.pop("_decisions", None)
+    residuals = (final_state, checkpoints, decisions, summary.num_steps, records)
     return (summary, plain_records(records)), residuals
 
 
 @_solve.def_bwd
 def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
     del perturbed
-    final_state, checkpoints, num_steps, records = residuals
+    final_state, checkpoints, decisions, num_steps, records = residuals
     ct_summary, ct_plain = grad_obj
-    stepper = make_stepper(problem)
+    # Replays, and each step's pullback, retrace the forward pass's decisions.
+    stepper = make_stepper(problem).replaying(decisions)
     plan = schedule.plan(problem.num_steps, problem.max_steps)
     recorders = output_recorders(problem)
 
@@ -123,8 +128,11 @@ class CheckpointedAdjoint(AbstractAdjoint):
     (a custom VJP around the whole solve) replays steps from them and pulls back
     through one step at a time with `jax.vjp` of a single solver step. Values saved
     at `SaveAt(ts=...)`, at every step, or as dense output are pulled back at the
-    step that wrote them. Step sizes are not differentiated (as everywhere), and a
-    replayed adaptive step makes the same decisions as the original.
+    step that wrote them. Step sizes are not differentiated (as everywhere). With
+    adaptive steps the forward pass also records each attempt's accept/reject
+    decision and proposed step end (two scalars per attempt, up to `max_steps`),
+    and every replay reuses them: re-running the controller on replayed values
+    could decide otherwise by rounding, and differentiate steps never taken.
 
     Reverse mode only: `jax.jvp` through it raises an error (use `DirectAdjoint`
     for forward mode).

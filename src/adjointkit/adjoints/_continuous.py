@@ -397,7 +397,8 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
     interpolation at a time, last segment first, by replaying its steps from the
     checkpoint that starts it, and solve the adjoint across it."""
     states, _, _ = internal["_checkpoints"]
-    stepper = make_stepper(problem)
+    # Replays retrace the forward pass's step-size decisions (`DecisionRecorder`).
+    stepper = make_stepper(problem).replaying(internal.get("_decisions"))
     k = spec.checkpoints.plan(problem.num_steps, problem.max_steps).stride
     num_segments = jnp.maximum((num_steps + k - 1) // k, 1)
     recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
@@ -444,10 +445,13 @@ def _continuous_fwd(perturbed, problem: Problem, spec: _Spec):
                 lambda p: stepper.checkpoint(stepper.init(p)), problem
             )
             recorders["_checkpoints"] = CheckpointRecorder(plan, stepper, kept_like)
+            decider = stepper.decision_recorder(problem)
+            if decider is not None:
+                recorders["_decisions"] = decider
     summary, final_state, records = run(problem, recorders, differentiable=False)
     internal = {
         name: records.pop(name)
-        for name in ("_trajectory", "_checkpoints")
+        for name in ("_trajectory", "_checkpoints", "_decisions")
         if name in records
     }
     internal = plain_records(internal)

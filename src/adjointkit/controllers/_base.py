@@ -21,6 +21,9 @@ class AbstractController(eqx.Module):
       from `t0` to `tnext`, whether to keep it, where the next attempt starts and
       ends, and whether the controller cannot go on (e.g. the step size fell below
       `dtmin`). The loop clips `next_tnext` to the end of the interval.
+      `next_t0` must be `tnext` when the step is accepted and `t0` when not: a
+      checkpointed replay of an adaptive controller's steps assumes so, reusing
+      the recorded `accept` and `next_tnext` rather than calling `adapt` again.
 
     Step sizes are not differentiated through: controllers see only
     `lax.stop_gradient`-ed values, except that a constant step size's grid
