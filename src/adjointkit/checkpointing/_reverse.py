@@ -18,10 +18,10 @@ class _Machine(eqx.Module):
     """The loop carry: a stack of ranges left to reverse, the stored states, and
     the state most recently recomputed."""
 
-    start: Int[Array, " depth"]  # ranges on the stack: first step,
-    length: Int[Array, " depth"]  # number of steps,
-    slots_left: Int[Array, " depth"]  # states they may hold (their start's included),
-    slot: Int[Array, " depth"]  # and where their start state is (-1: `current`)
+    # Ranges on the stack, one row each: first step, number of steps, states they
+    # may hold (their start's included), and where their start state is (-1:
+    # `current`). One array, so that a push or a pop is one operation.
+    stack: Int[Array, "depth 4"]
     top: Int[Array, ""]  # stack size
     segments_left: Int[Array, ""]  # outer segments not yet pushed
     states: PyTree  # one stepper state per slot
@@ -69,30 +69,23 @@ def reverse_steps(
         return lax.fori_loop(0, num_steps, visit, carry), jnp.asarray(0, jnp.int32)
     depth = plan.root_slots + 2
     betas = beta_table(plan.root_slots)
-    zeros = jnp.zeros((depth,), jnp.int32)
+    stack = jnp.zeros((depth, 4), jnp.int32)
     if plan.kind == "descent":
         # The forward pass was revolve's first sweep: continue from its stack.
         entries = list(plan.descent_stack) or [(0, 0, 1, 0)]
-        init = [jnp.asarray(col, jnp.int32) for col in zip(*entries, strict=True)]
-        start, length, slots_left, slot = (
-            zeros.at[: len(entries)].set(c) for c in init
-        )
+        stack = stack.at[: len(entries)].set(jnp.asarray(entries, jnp.int32))
         top = jnp.asarray(len(plan.descent_stack), jnp.int32)
-        seg_start = seg_slot = zeros[:1]
+        seg_start = seg_slot = jnp.zeros((1,), jnp.int32)
         num_segments = jnp.asarray(0, jnp.int32)
     else:
         big = jnp.iinfo(jnp.int32).max
         order = jnp.argsort(jnp.where(positions >= 0, positions, big)).astype(jnp.int32)
         seg_start, seg_slot = positions[order], order
         num_segments = jnp.sum(positions >= 0).astype(jnp.int32)
-        start = length = slots_left = slot = zeros
         top = jnp.asarray(0, jnp.int32)
 
     machine = _Machine(
-        start=start,
-        length=length,
-        slots_left=slots_left,
-        slot=slot,
+        stack=stack,
         top=top,
         segments_left=num_segments,
         states=states,
@@ -104,14 +97,12 @@ def reverse_steps(
 
     def push(m: _Machine, a, n, s, where_slot, when=True):
         i = m.top
+        row = jnp.stack([jnp.asarray(v, jnp.int32) for v in (a, n, s, where_slot)])
         return eqx.tree_at(
-            lambda x: (x.start, x.length, x.slots_left, x.slot, x.top),
+            lambda x: (x.stack, x.top),
             m,
             (
-                m.start.at[i].set(jnp.where(when, a, m.start[i])),
-                m.length.at[i].set(jnp.where(when, n, m.length[i])),
-                m.slots_left.at[i].set(jnp.where(when, s, m.slots_left[i])),
-                m.slot.at[i].set(jnp.where(when, where_slot, m.slot[i])),
+                m.stack.at[i].set(jnp.where(when, row, m.stack[i])),
                 m.top + jnp.where(when, 1, 0),
             ),
         )
@@ -135,7 +126,7 @@ def reverse_steps(
     def body(m: _Machine) -> _Machine:
         m = next_segment(m)
         i = m.top - 1
-        a, n, s, where_slot = m.start[i], m.length[i], m.slots_left[i], m.slot[i]
+        a, n, s, where_slot = m.stack[i]
         m = eqx.tree_at(lambda x: x.top, m, i)
         kept = jtu.tree_map(lambda buf: buf[jnp.maximum(where_slot, 0)], m.states)
         state = lax.cond(
