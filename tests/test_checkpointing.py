@@ -12,7 +12,7 @@ import pytest
 
 import adjointkit as ak
 from adjointkit._recording import StepRecord
-from adjointkit.checkpointing import CheckpointPlan, min_forward_steps
+from adjointkit.checkpointing import CheckpointPlan, _reverse, min_forward_steps
 from adjointkit.checkpointing._binomial import beta_table, repetitions, split, split_jnp
 from adjointkit.checkpointing._plan import online_positions
 from adjointkit.checkpointing._reverse import reverse_steps
@@ -124,9 +124,19 @@ SCHEDULES = [
 
 
 @pytest.mark.parametrize("num_steps", [0, 1, 2, 7, 20, 33])
-@pytest.mark.parametrize("known", [True, False], ids=["known-N", "online"])
+@pytest.mark.parametrize(
+    "known, static_limit",
+    [(True, None), (True, 0), (False, None)],
+    # With N known, revolve's reversal is a table computed at trace time, or
+    # (beyond a size limit, forced here by a limit of 0) the stack machine.
+    ids=["known-N", "known-N-stack-machine", "online"],
+)
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
-def test_backward_pass_visits_every_step_last_first(schedule, known, num_steps):
+def test_backward_pass_visits_every_step_last_first(
+    schedule, known, static_limit, num_steps, monkeypatch
+):
+    if static_limit is not None:
+        monkeypatch.setattr(_reverse, "_MAX_STATIC_STEPS", static_limit)
     max_steps = 40
     plan = schedule.plan(num_steps if known else None, max_steps)
     checkpoints = _record(plan, num_steps)

@@ -6,11 +6,12 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, Int, PyTree
 
 from .._integrate import advance_n
 from .._tree import tree_where
-from ._binomial import beta_table, split_jnp
+from ._binomial import beta_table, split, split_jnp
 from ._plan import CheckpointPlan
 
 
@@ -69,6 +70,8 @@ def reverse_steps(
             return leaf(carry, stepper.restore(problem, kept), a)
 
         return lax.fori_loop(0, num_steps, visit, carry), jnp.asarray(0, jnp.int32)
+    if plan.kind == "descent" and plan.num_steps <= _MAX_STATIC_STEPS:
+        return _reverse_static(problem, stepper, plan, states, final_state, leaf, carry)
     depth = plan.root_slots + 2
     betas = beta_table(plan.root_slots)
     stack = jnp.zeros((depth, 4), jnp.int32)
@@ -174,3 +177,71 @@ def reverse_steps(
 
     machine = lax.while_loop(cond, body, machine)
     return machine.carry, machine.recomputed
+
+
+# A static schedule is a table of about 2 N rows of 7 integers, embedded in the
+# compiled program: beyond this many steps, run the stack machine instead.
+_MAX_STATIC_STEPS = 20_000
+
+
+def _descent_actions(plan: CheckpointPlan) -> tuple[np.ndarray, int]:
+    """The stack machine of `reverse_steps`, run at trace time for a `"descent"`
+    plan (the number of steps is static, so every decision is): one row per
+    iteration, `(a, use_current, slot, is_leaf, advance, store, snapshot)`, and the
+    number of steps re-run. With Python's exact `split` (no repetition cap)."""
+    stack = [tuple(entry) for entry in plan.descent_stack]
+    current_step = plan.num_steps
+    rows, recomputed = [], 0
+    while stack:
+        a, n, s, where_slot = stack.pop()
+        use_current = int(current_step == a)
+        slot = max(where_slot, 0)
+        if n == 1:
+            rows.append((a, use_current, slot, 1, 0, 0, 0))
+            continue
+        m = split(n, s)
+        store = s >= 2
+        snapshot = min(max(plan.snapshot_slot(s), 0), plan.num_slots - 1)
+        rows.append((a, use_current, slot, 0, m, int(store), snapshot))
+        recomputed += m
+        current_step = a + m
+        stack.append((a, m, s, where_slot))
+        stack.append((a + m, n - m, s - 1, snapshot if store else -1))
+    return np.asarray(rows, np.int32).reshape(-1, 7), recomputed
+
+
+def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
+    """`reverse_steps` for a `"descent"` plan: the same visits in the same order,
+    read from a table computed at trace time instead of decided by the stack
+    machine as it runs, which takes a fraction of the operations per iteration
+    (what a small state's backward pass costs)."""
+    rows, recomputed = _descent_actions(plan)
+    if rows.shape[0] == 0:  # no steps
+        return carry, jnp.asarray(0, jnp.int32)
+    table = jnp.asarray(rows)
+
+    def visit(i, loop_carry):
+        carry, states, current = loop_carry
+        a, use_current, slot, is_leaf, advance, store, snapshot = table[i]
+        kept = jtu.tree_map(lambda buf: buf[slot], states)
+        state = lax.cond(
+            use_current == 1,
+            lambda: current,
+            lambda: stepper.restore(problem, kept),
+        )
+        carry, state = lax.cond(
+            is_leaf == 1,
+            lambda: (leaf(carry, state, a), state),
+            lambda: (carry, advance_n(problem, stepper, state, advance)),
+        )
+        states = jtu.tree_map(
+            lambda buf, x: buf.at[snapshot].set(
+                jnp.where(store == 1, x, buf[snapshot])
+            ),
+            states,
+            stepper.checkpoint(state),
+        )
+        return carry, states, tree_where(is_leaf == 0, state, current)
+
+    carry, _, _ = lax.fori_loop(0, rows.shape[0], visit, (carry, states, final_state))
+    return carry, jnp.asarray(recomputed, jnp.int32)
