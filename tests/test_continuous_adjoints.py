@@ -235,6 +235,21 @@ def test_seminorm_saves_backward_steps_at_equal_accuracy():
     assert rel_err(full, exact) < C * tol
 
 
+def test_seminorm_can_miss_a_fast_parameter_integrand():
+    """Why the seminorm is off by default: with df/dθ oscillating up to frequency
+    50 while the adjoint stays smooth, steps chosen for `a` alone (24 of them)
+    integrate a^T df/dθ with a wrong result (observed 200% off); the full norm
+    controls it (observed 2e-6)."""
+    field, tol = _forced(jnp.arange(1.0, K + 1)), 1e-8
+    exact, _ = _forced_grad(
+        field, ak.CheckpointedAdjoint(), dt0=0.0025, solver=ak.Dopri8()
+    )
+    semi, _ = _forced_grad(field, ak.InterpolatedAdjoint(seminorm=True), tol)
+    full, _ = _forced_grad(field, ak.InterpolatedAdjoint(), tol)
+    assert rel_err(semi, exact) > 0.1
+    assert rel_err(full, exact) < 1e-4
+
+
 def test_quadrature_controls_the_error_of_its_integral():
     """With df/dθ oscillating up to frequency 50 while the adjoint stays smooth,
     the backward steps that suit `a` are far too long for ∫ a^T df/dθ: the

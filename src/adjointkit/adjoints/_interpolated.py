@@ -37,8 +37,8 @@ class InterpolatedAdjoint(AbstractAdjoint):
     - `seminorm`: with an adaptive controller, leave `a_θ` out of the error norm
       (`adjoint_seminorm`). Often fewer backward steps; but `a_θ` is then not
       error-controlled, and where `df/dθ` varies faster than `a` it is integrated
-      with steps too long for it (a gradient 10x off is easy to construct: see
-      `tests/test_continuous_adjoints.py`). Off by default; prefer
+      with steps too long for it (a gradient 200% off in
+      `test_seminorm_can_miss_a_fast_parameter_integrand`). Off by default; prefer
       `QuadratureAdjoint`, which controls its parameter integral's error.
     """
 
