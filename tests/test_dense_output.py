@@ -443,3 +443,18 @@ def test_evaluate_matches_diffrax_dense_output(direction):
     # Same steps, same interpolant; the tableau sums and Tsitouras' polynomials are
     # evaluated in different orders (~1e-15 per step over <= 10 steps).
     assert rel_err(sol.evaluate(times), expected) < 1e-12
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 16, 50])
+def test_grid_search_counts_the_grid_points_below_a_time(n):
+    # `evaluate` finds a time's step by a blocked search; it must agree with a
+    # binary search, also on the `inf` padding of unused steps and at grid points.
+    from adjointkit.interpolation._trajectory import _count_below
+
+    rng = np.random.default_rng(n)
+    filled = np.sort(rng.uniform(0.0, 1.0, size=n // 2 + n % 2))
+    grid = np.concatenate([filled, np.full(n - filled.size, np.inf)])
+    probes = np.concatenate([[-1.0, 0.0, 0.5, 2.0, np.inf], filled])
+    for t in probes:
+        expected = np.searchsorted(grid, t, side="left")
+        assert int(_count_below(jnp.asarray(grid), jnp.asarray(t))) == expected, t
