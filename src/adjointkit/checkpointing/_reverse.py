@@ -133,31 +133,18 @@ def reverse_steps(
         i = m.top - 1
         a, n, s, where_slot = m.stack[i]
         m = eqx.tree_at(lambda x: x.top, m, i)
-        kept = jtu.tree_map(lambda buf: buf[jnp.maximum(where_slot, 0)], m.states)
-        state = lax.cond(
-            m.current_step == a,
-            lambda: m.current,
-            lambda: stepper.restore(problem, kept),
-        )
         is_leaf = n == 1
         step = split_jnp(jnp.maximum(n, 2), s, betas)
-        # Only small values go through the cond: the stored states are written
-        # after it, so that XLA never copies them.
-        carry, state = lax.cond(
-            is_leaf,
-            lambda: (leaf(m.carry, state, a), state),
-            lambda: (m.carry, advance_n(problem, stepper, state, step)),
-        )
         # A range longer than one step: keep the state advanced to (if a slot is
         # left), then reverse the steps after it, then the first `step` ones.
         split = ~is_leaf
         store = split & (s >= 2)
         snapshot = jnp.clip(plan.snapshot_slot(s), 0, plan.num_slots - 1)
-        states = jtu.tree_map(
-            lambda buf, x: buf.at[snapshot].set(jnp.where(store, x, buf[snapshot])),
-            m.states,
-            stepper.checkpoint(state),
-        )
+        carry, states, state = _visit(
+            problem, stepper, leaf, m.carry, m.states, m.current,
+            use_current=m.current_step == a, slot=jnp.maximum(where_slot, 0), a=a,
+            is_leaf=is_leaf, advance=step, store=store, snapshot=snapshot,
+        )  # fmt: skip
         m = eqx.tree_at(
             lambda x: (x.carry, x.states, x.current, x.current_step, x.recomputed),
             m,
@@ -177,6 +164,33 @@ def reverse_steps(
 
     machine = lax.while_loop(cond, body, machine)
     return machine.carry, machine.recomputed
+
+
+def _visit(problem, stepper, leaf, carry, states, current, *, use_current, slot, a,
+           is_leaf, advance, store, snapshot):  # fmt: skip
+    """One iteration of a reversal, whoever decided it (the stack machine or the
+    static table): start from `current` or from the state stored in `slot`; pull
+    back step `a` (`leaf`) if the range is that one step, else advance `advance`
+    steps; store the state reached in `snapshot` if `store`.
+
+    **Returns:** `(carry, states, state reached)`."""
+    kept = jtu.tree_map(lambda buf: buf[slot], states)
+    state = lax.cond(
+        use_current, lambda: current, lambda: stepper.restore(problem, kept)
+    )
+    # Only small values go through the cond: the stored states are written after
+    # it, so that XLA never copies them.
+    carry, state = lax.cond(
+        is_leaf,
+        lambda: (leaf(carry, state, a), state),
+        lambda: (carry, advance_n(problem, stepper, state, advance)),
+    )
+    states = jtu.tree_map(
+        lambda buf, x: buf.at[snapshot].set(jnp.where(store, x, buf[snapshot])),
+        states,
+        stepper.checkpoint(state),
+    )
+    return carry, states, state
 
 
 # A static schedule is a table of about 2 N rows of 7 integers, embedded in the
@@ -223,24 +237,11 @@ def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
     def visit(i, loop_carry):
         carry, states, current = loop_carry
         a, use_current, slot, is_leaf, advance, store, snapshot = table[i]
-        kept = jtu.tree_map(lambda buf: buf[slot], states)
-        state = lax.cond(
-            use_current == 1,
-            lambda: current,
-            lambda: stepper.restore(problem, kept),
-        )
-        carry, state = lax.cond(
-            is_leaf == 1,
-            lambda: (leaf(carry, state, a), state),
-            lambda: (carry, advance_n(problem, stepper, state, advance)),
-        )
-        states = jtu.tree_map(
-            lambda buf, x: buf.at[snapshot].set(
-                jnp.where(store == 1, x, buf[snapshot])
-            ),
-            states,
-            stepper.checkpoint(state),
-        )
+        carry, states, state = _visit(
+            problem, stepper, leaf, carry, states, current,
+            use_current=use_current == 1, slot=slot, a=a, is_leaf=is_leaf == 1,
+            advance=advance, store=store == 1, snapshot=snapshot,
+        )  # fmt: skip
         return carry, states, tree_where(is_leaf == 0, state, current)
 
     carry, _, _ = lax.fori_loop(0, rows.shape[0], visit, (carry, states, final_state))
