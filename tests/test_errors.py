@@ -416,3 +416,99 @@ def test_evaluate_needs_dense_output():
 def test_wrong_argument_types(kwargs, name):
     with pytest.raises(TypeError, match=f"`{name}` must be"):
         constant(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(solver=ak.Tsit5), "Tsit5"),
+        (dict(controller=ak.ConstantStepSize), "ConstantStepSize"),
+        (dict(adjoint=ak.BacksolveAdjoint), "BacksolveAdjoint"),
+    ],
+)
+def test_a_class_passed_for_an_instance_says_so(kwargs, name):
+    with pytest.raises(TypeError, match=re.escape(f"pass `{name}()`, not `{name}`")):
+        constant(**kwargs)
+
+
+def test_result_reads_as_its_public_name():
+    assert str(constant().result) == "adjointkit.RESULTS<The solve reached `t1`.>"
+    failed = constant(dt0=0.01, max_steps=4, throw=False).result
+    assert str(failed).startswith("adjointkit.RESULTS<The maximum number of steps")
+
+
+@pytest.mark.parametrize(
+    "adjoint",
+    [ak.CheckpointedAdjoint(), ak.BacksolveAdjoint(), ak.QuadratureAdjoint()],
+    ids=["checkpointed", "backsolve", "quadrature"],
+)
+def test_forward_mode_through_a_custom_vjp_names_direct_adjoint(adjoint):
+    import jax
+
+    def y1(y0):
+        return constant(y0=y0, adjoint=adjoint).ys[-1]
+
+    with pytest.raises(TypeError, match=r"forward-mode.*DirectAdjoint\(\)"):
+        jax.jvp(y1, (Y0,), (Y0,))
+    # DirectAdjoint does forward mode: y(1) = y0 (1 - 0.1)^10 for Euler.
+    _, tangent = jax.jvp(
+        lambda y0: constant(y0=y0, adjoint=ak.DirectAdjoint()).ys[-1], (Y0,), (Y0,)
+    )
+    np.testing.assert_allclose(tangent, Y0 * 0.9**10, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_traced_negative_tolerance_is_a_runtime_error(name):
+    # Fails on the old code: a negative rtol passed in under jit ran silently.
+    def y1(tol):
+        tols = dict(rtol=1e-6, atol=1e-6)
+        tols[name] = tol
+        return adaptive(controller=ak.PIDController(**tols)).ys
+
+    run = eqx.filter_jit(y1)
+    run(jnp.array(1e-5))  # a valid traced tolerance solves
+    with pytest.raises(
+        eqx.EquinoxRuntimeError, match=f"`{name}` must be finite and non-negative"
+    ):
+        run(jnp.array(-1e-3))
+
+
+def test_traced_zero_tolerances_are_a_runtime_error():
+    run = eqx.filter_jit(
+        lambda r, a: adaptive(controller=ak.PIDController(rtol=r, atol=a)).ys
+    )
+    with pytest.raises(eqx.EquinoxRuntimeError, match="cannot both be zero"):
+        run(jnp.array(0.0), jnp.array(0.0))
+
+
+def test_saveat_ts_must_not_be_empty():
+    # Fails on the old code: a bare IndexError from inside the solve.
+    with pytest.raises(ValueError, match=r"SaveAt\(ts=...\) is empty"):
+        constant(saveat=ak.SaveAt(ts=jnp.array([])))
+
+
+def test_float32_save_times_rounding_past_a_float64_end_are_accepted():
+    # Fails on the old code: float32(0.1) = 0.10000000149 > 0.1, so the last of
+    # these times was rejected as lying after t1.
+    ts = jnp.linspace(0.0, 0.1, 5, dtype=jnp.float32)
+    assert float(ts[-1]) > 0.1
+    sol = constant(t1=jnp.float64(0.1), dt0=0.01, saveat=ak.SaveAt(ts=ts, t1=True))
+    # The last saved time is put on t1: the same value as the end.
+    np.testing.assert_array_equal(sol.ys[-2], sol.ys[-1])
+    assert float(sol.ts[-2]) == 0.1
+    # A time past t1 by more than rounding is still refused.
+    with pytest.raises(ValueError, match=SAVEAT_MESSAGE):
+        constant(t1=0.1, dt0=0.01, saveat=ak.SaveAt(ts=jnp.array([0.05, 0.1001])))
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["concrete", "traced"])
+def test_step_count_past_int32_is_not_wrapped_round(traced):
+    # Fails on the old code: 1e10 steps were cast to int32 (a wrapped count), and
+    # the concrete solve reported success after 16 steps.
+    if traced:
+        sol = eqx.filter_jit(lambda dt0: constant(dt0=dt0, throw=False))(1e-10)
+    else:
+        sol = constant(dt0=1e-10, throw=False)
+    assert sol.result == ak.RESULTS.max_steps_reached
+    with pytest.raises(Exception, match="maximum number of steps"):
+        constant(dt0=1e-10)

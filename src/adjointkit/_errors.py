@@ -64,7 +64,7 @@ def check_vector_field(f, t, y0, args):
         raise TypeError(
             f"`f` must be callable as f(t, y, args), got {type(f).__name__}."
         )
-    out = jax.eval_shape(f, t, y0, args)
+    out = eqx.filter_eval_shape(f, t, y0, args)
     y_struct = jtu.tree_structure(y0)
     if jtu.tree_structure(out) != y_struct:
         raise ValueError(

@@ -25,6 +25,8 @@ class Problem(eqx.Module):
     - `direction`: `1` or `-1` (a Python int when known at trace time).
     - `num_steps`: the number of constant steps, when known at trace time.
     - `ts`: `SaveAt(ts=...)` in loop time, or `None`.
+    - `throw`: whether a failure raises (else it is reported, and gradients that
+      cannot be computed are NaN).
     """
 
     f: Callable
@@ -43,6 +45,7 @@ class Problem(eqx.Module):
     dense: bool = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     num_steps: int | None = eqx.field(static=True)
+    throw: bool = eqx.field(static=True, default=True)
 
     def vector_field(self, s, y, args):
         """`f` in loop time: `direction * f(direction * s, y, args)`."""

@@ -49,6 +49,11 @@ class SaveAt(eqx.Module):
                 raise ValueError(
                     f"SaveAt(ts=...) must be one-dimensional, got {ts.shape}."
                 )
+            if ts.shape[0] == 0:
+                raise ValueError(
+                    "SaveAt(ts=...) is empty: pass at least one time, or leave "
+                    "`ts` out to save nothing in between."
+                )
             if not jnp.issubdtype(ts.dtype, jnp.floating):
                 ts = ts.astype(jnp.result_type(float))
         if not (t0 or t1 or ts is not None or steps or dense):

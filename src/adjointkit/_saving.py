@@ -1,9 +1,11 @@
 """Turning a finished loop into the `Solution` that `SaveAt` asked for."""
 
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
+from ._errors import concrete_value
 from ._integrate import Summary, num_f_evals
 from ._problem import Problem
 from ._solution import Solution
@@ -18,6 +20,50 @@ def _stack_parts(parts):
 
 def _one(x):
     return jtu.tree_map(lambda a: a[None], x)
+
+
+def zero_length_time_derivatives(
+    problem: Problem, summary: Summary, ys_at_ts: PyTree | None
+) -> tuple[PyTree, PyTree | None]:
+    """The end value and the values at `ts`, with the derivatives in `t0`, `t1` and
+    `ts` that a solve of zero length has.
+
+    When `t0 == t1` no step is taken and the loop's values do not depend on the
+    times at all; yet y(t1) = y0 + (t1 - t0) f(t0, y0) + O((t1 - t0)^2), so dy(t1)/dt1
+    = f and dy(t1)/dt0 = -f there (the limit of the discrete solution's derivative
+    as well: one step of length t1 - t0). This adds `(t - stop_gradient(t)) f`
+    terms, zero in value, for solves that took no step. Adjoints that differentiate
+    their steps call it; the continuous ones have the formulas built in.
+
+    **Returns:** `(y1, ys_at_ts)` with those derivatives.
+    """
+    t0_c, t1_c = concrete_value(problem.t0), concrete_value(problem.t1)
+    if t0_c is not None and t1_c is not None and t0_c != t1_c:
+        return summary.y, ys_at_ts  # known at trace time to take steps
+    f0 = problem.vector_field(problem.t0, problem.y0, problem.args)
+    empty = summary.num_accepted == 0
+    shift0 = problem.t0 - lax.stop_gradient(problem.t0)
+
+    def plus(y, dt):
+        return jtu.tree_map(
+            lambda a, f: a + jnp.where(empty, dt, 0).astype(a.dtype) * f, y, f0
+        )
+
+    y1 = plus(summary.y, problem.t1 - lax.stop_gradient(problem.t1) - shift0)
+    if ys_at_ts is not None:
+        shift = problem.ts - lax.stop_gradient(problem.ts) - shift0
+        ys_at_ts = jtu.tree_map(
+            lambda a, f: (
+                a
+                + jnp.where(empty, shift, 0)
+                .astype(a.dtype)
+                .reshape((-1,) + (1,) * f.ndim)
+                * f[None]
+            ),
+            ys_at_ts,
+            f0,
+        )
+    return y1, ys_at_ts
 
 
 def assemble_solution(

@@ -21,7 +21,7 @@ class RESULTS(eqx.Enumeration):
     `Solution.result`.
     """
 
-    successful = ""
+    successful = "The solve reached `t1`."
     max_steps_reached = (
         "The maximum number of steps was reached (`max_steps`): the solve did not get "
         "to `t1`. Increase `max_steps`, loosen the tolerances, or check the problem "
@@ -35,6 +35,10 @@ class RESULTS(eqx.Enumeration):
         "The step size fell below `dtmin` or the floating-point limit: the error "
         "tolerance could not be met. The problem may be stiff or singular."
     )
+
+
+# Shown as `adjointkit.RESULTS<message>`, the name users import it by.
+RESULTS.__module__ = "adjointkit"
 
 
 class Solution(eqx.Module):

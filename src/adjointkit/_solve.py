@@ -73,19 +73,15 @@ def solve(
     `dt0` are known at trace time (Python numbers, or arrays outside `jit`),
     constant-step solves run as a `lax.scan` of exactly their number of steps.
     """
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(f"`solver` must be an adjointkit solver, got {solver!r}.")
+    _check_instance("solver", solver, AbstractSolver, "an adjointkit solver")
     controller = ConstantStepSize() if controller is None else controller
-    if not isinstance(controller, AbstractController):
-        raise TypeError(
-            f"`controller` must be an adjointkit controller, got {controller!r}."
-        )
+    _check_instance(
+        "controller", controller, AbstractController, "an adjointkit controller"
+    )
     saveat = SaveAt(t1=True) if saveat is None else saveat
-    if not isinstance(saveat, SaveAt):
-        raise TypeError(f"`saveat` must be a SaveAt, got {saveat!r}.")
+    _check_instance("saveat", saveat, SaveAt, "a SaveAt")
     adjoint = CheckpointedAdjoint() if adjoint is None else adjoint
-    if not isinstance(adjoint, AbstractAdjoint):
-        raise TypeError(f"`adjoint` must be an adjointkit adjoint, got {adjoint!r}.")
+    _check_instance("adjoint", adjoint, AbstractAdjoint, "an adjointkit adjoint")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
 
@@ -101,12 +97,12 @@ def solve(
         times = times._replace(
             **{field: runtime_check(getattr(times, field), pred, message)}
         )
-    # Differentiable leaves as proper arrays: under jax.grad a Python number
-    # becomes a tracer around a literal, whose cotangent a custom VJP drops.
-    f, args = jtu.tree_map(
-        lambda x: jnp.asarray(x) if eqx.is_array(x) else x, (f, args)
-    )
+    f, args, y0 = _own_values((f, args, y0))
     check_vector_field(f, times.t0, y0, args)
+    # Arrays and tracers that `f` closes over become leaves of the pytree `f`, so
+    # that every adjoint's custom VJP sees them and gives them cotangents, exactly
+    # as if they had been passed through `args`.
+    f = eqx.filter_closure_convert(f, times.t0, y0, args)
 
     problem = Problem(
         f=f,
@@ -125,8 +121,19 @@ def solve(
         dense=saveat.dense,
         max_steps=max_steps,
         num_steps=times.num_steps,
+        throw=throw,
     )
-    sol = adjoint.solve(problem)
+    try:
+        sol = adjoint.solve(problem)
+    except TypeError as error:
+        if "forward-mode" not in str(error):
+            raise
+        raise TypeError(
+            f"jax.jvp and jax.jacfwd (forward-mode differentiation) cannot go "
+            f"through {type(adjoint).__name__}: its custom VJP gives reverse mode "
+            "only. "
+            "Use `adjoint=ak.DirectAdjoint()` for forward mode."
+        ) from error
     if throw:
         # The outcome is an integer, never differentiated; a custom VJP may still
         # hand it back wrapped for differentiation, which error_if cannot take.
@@ -145,6 +152,37 @@ def solve(
             direction=sol.direction,
         )
     return sol
+
+
+def _check_instance(name: str, value, cls: type, what: str):
+    if isinstance(value, cls):
+        return
+    if isinstance(value, type) and issubclass(value, cls):
+        raise TypeError(
+            f"`{name}` must be an instance, not the class: pass "
+            f"`{value.__name__}()`, not `{value.__name__}`."
+        )
+    raise TypeError(f"`{name}` must be {what}, got {value!r}.")
+
+
+def _own_values(tree: PyTree) -> PyTree:
+    """Array leaves as values of their own, not constants folded into the trace.
+
+    Under `jax.jit` a scalar constant (`jnp.array(1.0)`, or a Python number under
+    `jax.grad`) is traced as a literal, and a custom VJP loses literals between its
+    forward and backward passes (their cotangents are dropped, or the value comes
+    back as `None`). A copy of a scalar is an ordinary traced value, and free.
+    """
+
+    def own(x):
+        if not eqx.is_array(x):
+            return x
+        x = jnp.asarray(x)
+        if isinstance(x, jax.core.Tracer) and x.ndim == 0:
+            x = jnp.array(x, copy=True)
+        return x
+
+    return jtu.tree_map(own, tree)
 
 
 class _Times(NamedTuple):
@@ -219,8 +257,21 @@ def _normalise_times(t0, t1, dt0, ts, state_dtype, controller):
             num_steps = int(num_constant_steps(*values, xp=np))
 
     if ts is not None:
-        ts = direction * jnp.asarray(ts).astype(t_dtype)
-        bad = jnp.any(ts < s0) | jnp.any(ts > s1) | jnp.any(jnp.diff(ts) < 0)
+        ts = jnp.asarray(ts)
+        # Times made in a narrower dtype than t0 and t1 (a float32 linspace to a
+        # float64 t1) may overshoot the ends by a rounding error: accept that, and
+        # put them on the ends.
+        slack = (
+            4
+            * jnp.finfo(jnp.result_type(ts.dtype, jnp.float16)).eps
+            * jnp.maximum(jnp.abs(s0), jnp.abs(s1))
+        )
+        ts = direction * ts.astype(t_dtype)
+        bad = (
+            jnp.any(ts < s0 - slack)
+            | jnp.any(ts > s1 + slack)
+            | jnp.any(jnp.diff(ts) < 0)
+        )
         checks.append(
             (
                 "ts",
@@ -229,4 +280,6 @@ def _normalise_times(t0, t1, dt0, ts, state_dtype, controller):
                 "direction of integration.",
             )
         )
+        # `where`, not `clip`: a time on an end keeps its whole derivative.
+        ts = jnp.where(ts > s1, s1, jnp.where(ts < s0, s0, ts))
     return _Times(t0, s0, s1, ts, dt_loop, direction, num_steps), checks

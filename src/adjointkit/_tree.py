@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -60,6 +61,14 @@ def tree_dot(weights: Array, stacked: PyTree) -> PyTree:
         return jnp.tensordot(w, x, axes=1)
 
     return jtu.tree_map(leaf, stacked)
+
+
+def tree_stop_gradient(tree: PyTree) -> PyTree:
+    """`lax.stop_gradient` on the array leaves of `tree`; other leaves (functions,
+    strings, Python numbers held by an Equinox module) are left as they are."""
+    return jtu.tree_map(
+        lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, tree
+    )
 
 
 def tree_scale(a, tree: PyTree) -> PyTree:

@@ -33,6 +33,10 @@ class BacksolveAdjoint(AbstractAdjoint):
     **Arguments:**
 
     - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `max_steps`: the backward solve's budget of steps (on each stretch between
+      save times). `None` (default): twice the forward solve's `max_steps`, since
+      the adjoint system is larger than the primal and often needs more steps.
+      Costs no memory.
     - `seminorm`: with an adaptive controller, leave `a_θ` out of the error norm
       (`adjoint_seminorm`). Often fewer backward steps; but `a_θ` is then not
       error-controlled, and where `df/dθ` varies faster than `y` and `a` it is
@@ -46,6 +50,7 @@ class BacksolveAdjoint(AbstractAdjoint):
 
     solver: object = None
     controller: object = None
+    max_steps: int | None = None
     seminorm: bool = False
     reanchor: bool = True
 
@@ -58,8 +63,9 @@ class BacksolveAdjoint(AbstractAdjoint):
             controller=self.controller,
             seminorm=self.seminorm,
             reanchor=self.reanchor,
+            max_steps=self.max_steps,
             quadrature_order=None,
         )
         check_continuous(problem, "BacksolveAdjoint", spec)
         summary, records = continuous_solve(problem, spec)
-        return solution_from_records(problem, summary, records)
+        return solution_from_records(problem, summary, records, discrete=False)

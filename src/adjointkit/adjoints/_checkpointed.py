@@ -152,4 +152,4 @@ class CheckpointedAdjoint(AbstractAdjoint):
 
     def solve(self, problem: Problem) -> Solution:
         summary, records = _solve(problem, self.schedule)
-        return solution_from_records(problem, summary, records)
+        return solution_from_records(problem, summary, records, discrete=True)

@@ -36,6 +36,7 @@ from .._integrate import _dense_like, make_stepper, num_f_evals, replay_recordin
 from .._problem import Problem
 from .._recording import TrajectoryRecorder, inexact
 from .._solution import RESULTS
+from .._tree import tree_where
 from ..checkpointing import AbstractCheckpointSchedule
 from ..checkpointing._store import CheckpointRecorder
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
@@ -55,6 +56,7 @@ class _Spec:
     controller: object
     seminorm: bool
     reanchor: bool
+    max_steps: int | None
     quadrature_order: int | None
 
 
@@ -75,8 +77,10 @@ class collect_backward_stats:
 
     Each entry is a dict of integers: `num_steps`, `num_accepted_steps`,
     `num_rejected_steps`, `num_f_evals` (evaluations of `f`, each together with its
-    vector-Jacobian product) of the backward solves of one pullback. Under `vmap`
-    the values are arrays.
+    vector-Jacobian product) of the backward solves of one pullback; and `result`,
+    the message of the `RESULTS` value the backward solve ended with (how to read
+    a NaN gradient from `solve(..., throw=False)`). Under `vmap` the values are
+    arrays.
 
     **Arguments:** none.
 
@@ -98,9 +102,26 @@ class collect_backward_stats:
         return False
 
 
+def _result_message(code) -> str:
+    for name in _RESULT_NAMES:
+        item = getattr(RESULTS, name)
+        if int(item._value) == int(code):
+            return RESULTS[item]
+    return f"unknown result {int(code)}"
+
+
+_RESULT_NAMES = ("successful", "max_steps_reached", "nonfinite_state")
+_RESULT_NAMES += ("step_size_too_small",)
+
+
 def _report(stats: dict):
+    stats = {k: np.asarray(v) for k, v in stats.items()}
+    codes = stats.pop("result")
+    stats["result"] = np.vectorize(_result_message, otypes=[object])(codes)
+    if stats["result"].ndim == 0:
+        stats["result"] = stats["result"].item()
     for collector in _COLLECTORS:
-        collector.append({k: np.asarray(v) for k, v in stats.items()})
+        collector.append(dict(stats))
 
 
 # --- the backward pass ------------------------------------------------------------
@@ -259,6 +280,9 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     controller = _backward_controller(spec, problem)
     dt0 = None if controller.adaptive else problem.dt0
     order = spec.quadrature_order or max(2, -(-(solver.order + 1) // 2))
+    backward_max_steps = (
+        2 * problem.max_steps if spec.max_steps is None else spec.max_steps
+    )
 
     def integrate(c: _Sweep, s_to, y_of_s) -> _Sweep:
         """The backward solve from `c.s` down to `s_to`: a problem of its own, in
@@ -281,7 +305,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
             save_t1=True,
             save_steps=False,
             dense=False,
-            max_steps=problem.max_steps,
+            max_steps=backward_max_steps,
             num_steps=None,
         )
         summary, _, _ = run(backward, {}, differentiable=False)
@@ -373,13 +397,23 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     )
     if problem.ts is not None:
         ct = eqx.tree_at(lambda p: p.ts, ct, c.ct_ts)
+    failed = c.result != RESULTS.successful
+    if not problem.throw:
+        # As the forward solve does with throw=False: no error, and nothing that
+        # looks like a gradient. The cause is in `collect_backward_stats`.
+        return jtu.tree_map(
+            lambda x: jnp.where(failed, jnp.full_like(x, jnp.nan), x), ct
+        )
     message = (
-        "the backward (adjoint) solve failed: it reached `max_steps`, met a NaN or "
-        "infinite state, or needed a step below `dtmin` / the floating-point limit. "
-        "The adjoint ODE may be unstable backward in time (see BacksolveAdjoint), "
-        "or need a larger `max_steps` or looser tolerances."
+        "The backward (adjoint) solve failed: it reached its `max_steps`, met a "
+        "NaN or infinite state, or needed a step below `dtmin` / the "
+        "floating-point limit. The adjoint ODE may be unstable backward in time "
+        "(see BacksolveAdjoint), or need a larger `max_steps` (the adjoint's own, "
+        "e.g. BacksolveAdjoint(max_steps=...)) or looser tolerances. With "
+        "solve(..., throw=False) the gradient is NaN instead and the cause is "
+        "reported by collect_backward_stats."
     )
-    return eqx.error_if(ct, c.result != RESULTS.successful, message)
+    return eqx.error_if(ct, failed, message)
 
 
 def _report_stats(c: _Sweep):
@@ -388,6 +422,7 @@ def _report_stats(c: _Sweep):
         num_accepted_steps=c.num_accepted,
         num_rejected_steps=c.num_steps - c.num_accepted,
         num_f_evals=c.num_f_evals,
+        result=c.result._value,
     )
     jax.debug.callback(_report, stats)
 
@@ -408,7 +443,8 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
     def body(idx, c):
         j = num_segments - 1 - idx
         kept = jtu.tree_map(lambda buf: buf[j], states)
-        state = stepper.restore(problem, kept)
+        # A solve that took no step kept no checkpoint: start from t0 itself.
+        state = tree_where(num_steps == 0, state0, stepper.restore(problem, kept))
         t_start = stepper.time(problem, state)
         length = jnp.clip(num_steps - j * k, 0, k)
         recorder = eqx.tree_at(

@@ -1,9 +1,11 @@
 """Differentiate the loop itself."""
 
+import equinox as eqx
+
 from .._integrate import run
 from .._problem import Problem
 from .._recording import StepsRecorder, TrajectoryRecorder
-from .._saving import assemble_solution
+from .._saving import assemble_solution, zero_length_time_derivatives
 from .._solution import Solution
 from ..interpolation import DenseInterpolation
 from ._base import AbstractAdjoint
@@ -48,9 +50,10 @@ class DirectAdjoint(AbstractAdjoint):
         summary, _, records = run(problem, recorders, differentiable=True)
         trajectory = records.get("dense")
         ys_at_ts = None if problem.ts is None else trajectory.evaluate(problem.ts)
+        y1, ys_at_ts = zero_length_time_derivatives(problem, summary, ys_at_ts)
         return assemble_solution(
             problem,
-            summary,
+            eqx.tree_at(lambda s: s.y, summary, y1),
             ys_at_ts=ys_at_ts,
             steps=records.get("steps"),
             dense=trajectory if problem.dense else None,

@@ -1,13 +1,14 @@
 """What a solve returns, for adjoints that own their backward pass: the recorders
 that keep it, and the `Solution` built from them outside the custom VJP."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from .._integrate import Summary
 from .._problem import Problem
 from .._recording import StepsRecorder, TrajectoryRecorder, TsRecorder, inexact
-from .._saving import assemble_solution
+from .._saving import assemble_solution, zero_length_time_derivatives
 from .._solution import Solution
 from ..interpolation import DenseInterpolation, Trajectory
 
@@ -56,10 +57,11 @@ def plain_records(records: dict) -> dict:
 
 
 def solution_from_records(
-    problem: Problem, summary: Summary, records: dict
+    problem: Problem, summary: Summary, records: dict, *, discrete: bool
 ) -> Solution:
     """The `Solution` from a custom VJP's outputs (`plain_records` of the output
-    recorders)."""
+    recorders). `discrete`: the adjoint differentiates its steps, so a solve of zero
+    length gets its time derivatives from `zero_length_time_derivatives`."""
     ys_at_ts = None
     if problem.ts is not None:
         ys_at_ts, _ = records["ts"]
@@ -69,6 +71,9 @@ def solution_from_records(
             ys_at_ts,
             problem.y0,
         )
+    if discrete:
+        y1, ys_at_ts = zero_length_time_derivatives(problem, summary, ys_at_ts)
+        summary = eqx.tree_at(lambda s: s.y, summary, y1)
     dense = None
     if problem.dense:
         times, points, steps, count = records["dense"]

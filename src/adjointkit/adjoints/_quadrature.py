@@ -33,6 +33,10 @@ class QuadratureAdjoint(AbstractAdjoint):
       the rule is exact for polynomials of degree `2 * order - 1`. `None`: the
       least order that matches the backward solver's order (3 for Tsit5).
     - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `max_steps`: the backward solve's budget of steps (on each stretch between
+      save times). `None` (default): twice the forward solve's `max_steps`, since
+      the adjoint system is larger than the primal and often needs more steps.
+      Costs no memory.
 
     References: R. Serban and A. C. Hindmarsh, "CVODES: the sensitivity-enabled
     ODE solver in SUNDIALS", ASME IDETC/CIE 2005 (the adjoint with the parameter
@@ -49,6 +53,7 @@ class QuadratureAdjoint(AbstractAdjoint):
     quadrature_order: int | None = None
     solver: object = None
     controller: object = None
+    max_steps: int | None = None
 
     def __check_init__(self):
         q = self.quadrature_order
@@ -67,8 +72,9 @@ class QuadratureAdjoint(AbstractAdjoint):
             controller=self.controller,
             seminorm=False,
             reanchor=False,
+            max_steps=self.max_steps,
             quadrature_order=self.quadrature_order,
         )
         check_continuous(problem, "QuadratureAdjoint", spec)
         summary, records = continuous_solve(problem, spec)
-        return solution_from_records(problem, summary, records)
+        return solution_from_records(problem, summary, records, discrete=False)

@@ -8,6 +8,9 @@ from jaxtyping import Array, PyTree, Real
 from ._base import AbstractController
 
 
+INT32_MAX = 2**31 - 1
+
+
 def grid_time(t0, t1, n, num_steps):
     """The end of step `n` (1-based) of `num_steps` equal steps over `[t0, t1]`.
 
@@ -26,7 +29,11 @@ def num_constant_steps(t0, t1, dt0, xp=jnp):
     """
     ratio = (t1 - t0) / dt0
     eps = xp.finfo(xp.asarray(ratio).dtype).eps
-    return xp.maximum(xp.ceil(ratio * (1 - 100 * eps)), 0).astype(xp.int32)
+    steps = xp.maximum(xp.ceil(ratio * (1 - 100 * eps)), 0)
+    # Past the int32 range the count would wrap round to a small or negative
+    # number: saturate instead (no `max_steps` is that large, so such a solve
+    # ends with `max_steps_reached`).
+    return xp.minimum(steps, INT32_MAX).astype(xp.int32)
 
 
 class ConstantStepSize(AbstractController):

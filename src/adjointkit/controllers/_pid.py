@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -9,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, PyTree, Real
 
 from .._errors import concrete_value
+from .._tree import tree_stop_gradient
 from ._base import AbstractController
 from ._initial_step import initial_step_size
 from ._norms import rms_norm
@@ -95,7 +97,8 @@ class PIDController(AbstractController):
                 f,
                 t0,
                 lax.stop_gradient(y0),
-                lax.stop_gradient(args),
+                # `args` may hold non-arrays (an Equinox module's functions).
+                tree_stop_gradient(args),
                 lax.stop_gradient(f0),
                 error_order,
                 self.rtol,
@@ -106,8 +109,30 @@ class PIDController(AbstractController):
         else:
             dt = lax.stop_gradient(jnp.asarray(dt0, t0.dtype))
         dt = self._clip(dt)
+        dt = self._check_traced_tolerances(dt)
         one = jnp.array(1.0, t0.dtype)
         return t0 + dt, (one, one)
+
+    def _check_traced_tolerances(self, x):
+        """The checks of `__check_init__` for tolerances only known at run time
+        (passed in under `jax.jit`): an error naming the tolerance, never a solve
+        with a negative one."""
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if concrete_value(value) is None:
+                x = eqx.error_if(
+                    x,
+                    jnp.any(~(jnp.asarray(value) >= 0)) | jnp.any(~jnp.isfinite(value)),
+                    f"PIDController: `{name}` must be finite and non-negative.",
+                )
+        if concrete_value(self.rtol) is None or concrete_value(self.atol) is None:
+            x = eqx.error_if(
+                x,
+                jnp.all(jnp.asarray(self.rtol) == 0)
+                & jnp.all(jnp.asarray(self.atol) == 0),
+                "PIDController: `rtol` and `atol` cannot both be zero.",
+            )
+        return x
 
     def _clip(self, dt):
         if self.dtmax is not None:

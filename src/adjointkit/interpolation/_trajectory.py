@@ -48,26 +48,31 @@ class Trajectory(eqx.Module):
         j = _count_below(ends, t)
         j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
         take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
+        # With no steps (t0 == t1) the solution is the initial point everywhere:
+        # the start of a step, read on a step of unit length. Neither branch may
+        # divide by a zero or infinite step length, even unselected: its NaN
+        # would reach the gradient through `where`.
+        empty = self.count == 0
+        t_start = self.times[0]
         y = self.interpolation.evaluate(
             self.solver,
-            self.times[j],
-            self.times[j + 1],
+            jnp.where(empty, t_start, self.times[j]),
+            jnp.where(empty, t_start + 1, self.times[j + 1]),
             take(self.points, j),
             take(self.points, j + 1),
             take(self.steps, j),
-            t,
+            jnp.where(empty, t_start, t),
         )
-        # With no steps (t0 == t1) the solution is the initial point everywhere.
         y0 = self.interpolation.evaluate(
             self.solver,
-            self.times[0],
-            self.times[0],
+            t_start,
+            t_start + 1,
             take(self.points, 0),
             take(self.points, 0),
             take(self.steps, 0),
-            self.times[0],
+            t_start,
         )
-        return jtu.tree_map(lambda a, b: jnp.where(self.count > 0, a, b), y, y0)
+        return jtu.tree_map(lambda a, b: jnp.where(empty, b, a), y, y0)
 
 
 def _count_below(
