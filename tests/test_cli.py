@@ -99,3 +99,26 @@ def test_table_shows_the_device_peak_where_the_backend_keeps_one(capsys):
     _print_table([on_gpu, {**on_gpu, "adjoint": "b", "device_peak_exact": False}], "p")
     out = capsys.readouterr().out
     assert "peak MiB" in out and "<= 3.0" in out and out.count("3.0") == 2
+
+
+def test_table_keeps_brackets_in_its_labels(capsys):
+    # Rich reads "[...]" as markup: unescaped, "[k=4]" would vanish from the table.
+    pytest.importorskip("rich")
+    from adjointkit.cli._compare import _print_table
+
+    row = dict(
+        adjoint="every [k=4]",
+        setting="10",
+        forward_s=1e-3,
+        value_and_grad_s=2e-3,
+        ratio=2.0,
+        temp_bytes=2**20,
+        forward_f_evals=61,
+        backward_f_evals=71,
+        grad_rel_error=1e-7,
+        device_peak_bytes=None,
+        device_peak_exact=False,
+    )
+    _print_table([row], "problem [small]")
+    out = capsys.readouterr().out
+    assert "every [k=4]" in out and "problem [small]" in out

@@ -197,3 +197,12 @@ def test_two_processes_with_jax_distributed(tmp_path):
     one = json.loads((tmp_path / "single" / "train.json").read_text())
     assert multi["processes"] == 2 and one["processes"] == 1
     np.testing.assert_allclose(multi["losses"], one["losses"], rtol=1e-5)
+
+
+def test_progress_bar_shows_the_adjoint_in_brackets(capsys):
+    # Rich reads "[checkpointed]" as markup and would drop it, leaving "train ".
+    pytest.importorskip("rich")
+    with _train._Progress(0, 2, "checkpointed", enabled=True) as progress:
+        progress.update(1, 0.5)
+        progress.update(2, 0.25)
+    assert "train [checkpointed]" in capsys.readouterr().err

@@ -271,7 +271,9 @@ class _Progress:
         if not self._first:
             self._bar.advance(self._task)
         self._first = False
-        self._bar.update(self._task, description=description)
+        from rich.markup import escape  # rich reads "[...]" in a label as markup
+
+        self._bar.update(self._task, description=escape(description))
 
     def __exit__(self, *exc):
         if self._bar is not None:
@@ -314,16 +316,18 @@ def _print_table(rows, problem_name):
             line.insert(6, f"{bound}{r['device_peak_bytes'] / 2**20:.1f}")
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
+        # Every string goes through escape: rich reads "[...]" in one as markup.
         title = f"adjointkit compare: {problem_name} ({jax.default_backend()})"
-        table = Table(title=title)
+        table = Table(title=escape(title))
         for h in headers:
             table.add_column(
                 h, justify="left" if h == "adjoint" else "right", no_wrap=True
             )
         for line in lines:
-            table.add_row(*line)
+            table.add_row(*map(escape, line))
         console = Console()
         if not console.is_terminal:  # a log or a pipe: never squeeze the table
             console = Console(width=160)

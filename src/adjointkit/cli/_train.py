@@ -357,6 +357,7 @@ class _Progress:
             return
         try:
             from rich.console import Console
+            from rich.markup import escape
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -373,7 +374,8 @@ class _Progress:
             )
             return
         self.bar = Progress(
-            TextColumn(f"train [{adjoint}]"),
+            # Rich reads "[...]" as markup: unescaped, "[checkpointed]" vanishes.
+            TextColumn(escape(f"train [{adjoint}]")),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
