@@ -1,6 +1,7 @@
 """The `adjointkit` command line: version, help, and `compare` end to end."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -67,6 +68,41 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
 def test_compare_rejects_bad_arguments(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the command started its work before checking --out")
+
+
+def _unwritable_folders(tmp_path):
+    """`(folder, message)`: folders that cannot be written, each with what the
+    error must say."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = [
+        (blocker, "exists and is not a folder"),
+        (blocker / "results", f"cannot be created: {blocker} is not a folder"),
+    ]
+    if os.geteuid() != 0:  # root writes to read-only folders regardless
+        read_only = tmp_path / "read-only"
+        read_only.mkdir(mode=0o500)
+        cases.append((read_only / "results", "Permission denied"))
+    return cases
+
+
+def test_compare_checks_out_before_any_work(tmp_path, monkeypatch, capsys):
+    from adjointkit.cli import _compare
+
+    monkeypatch.setattr(_compare, "_reference_grad", _no_work)
+    monkeypatch.setattr(_compare, "_measure", _no_work)
+    argv = ["compare", "--quick", "--adjoints", "direct"]
+    for out, message in _unwritable_folders(tmp_path):
+        before = set(tmp_path.rglob("*"))
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"adjointkit compare: --out {out}") and message in err
+        assert err.count("\n") == 1  # one line, no traceback
+        assert set(tmp_path.rglob("*")) == before  # the check leaves nothing behind
 
 
 def test_compare_rejects_an_unknown_problem(capsys):

@@ -18,6 +18,10 @@ import pytest
 from adjointkit.cli import _train, main
 
 
+def _no_work(*args, **kwargs):
+    raise AssertionError("train started its work before the check under test")
+
+
 TINY = ["--window", "10", "--width", "16", "--batch-size", "8", "--lr", "1e-2"]
 
 
@@ -148,6 +152,27 @@ def test_train_rejects_bad_arguments(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("adjointkit train: ") and message in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_train_checks_its_folders_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(_train, "_eval_loss", _no_work)
+    monkeypatch.setattr(_train, "_train_step", _no_work)
+    blocker, writable = tmp_path / "a-file", tmp_path / "writable"
+    blocker.write_text("")
+    for folder, message in [
+        (blocker, "exists and is not a folder"),
+        (blocker / "sub", f"cannot be created: {blocker} is not a folder"),
+    ]:
+        for flags in (
+            ["--out", str(folder)],
+            ["--out", str(writable), "--checkpoint-dir", str(folder)],
+        ):
+            before = set(tmp_path.rglob("*"))
+            assert main(["train", *TINY, "--steps", "1", *flags]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"adjointkit train: {flags[-2]} {folder}")
+            assert message in err and err.count("\n") == 1
+            assert set(tmp_path.rglob("*")) == before
 
 
 def test_train_without_rich_or_matplotlib(tmp_path, monkeypatch, capsys):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import benchmarking as bench
+from ._common import unwritable
 
 
 def _adjointkit_adjoints(steps: int):
@@ -199,6 +200,10 @@ def run(args) -> int:
     unknown = [n for n in names if n not in available]
     if unknown:
         return _fail(f"unknown adjoint(s) {unknown}; available: {sorted(available)}")
+    # Before any work: a finished table is lost if it cannot be written.
+    why = unwritable("--out", args.out)
+    if why is not None:
+        return _fail(why)
 
     problem = _problem(args.problem, args.quick)
     repeats = 3 if args.quick else 10

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import benchmarking as bench
+from ._common import unwritable
 from ._compare import _adjointkit_adjoints
 
 
@@ -450,6 +451,13 @@ def _run(args) -> int:
         _initialise_distributed()
     placement = _placement(args.devices)
     main_process = jax.process_index() == 0
+    checkpoint_dir = args.checkpoint_dir or args.out / "checkpoints"
+    if main_process:  # the only process that writes
+        # Before any work: the results and checkpoints must have somewhere to go.
+        for flag, folder in [("--out", args.out), ("--checkpoint-dir", checkpoint_dir)]:
+            why = unwritable(flag, folder)
+            if why is not None:
+                raise _UsageError(why)
     try:
         data = bench.spiral(window=args.window)
     except ValueError as e:
@@ -463,7 +471,7 @@ def _run(args) -> int:
     optimiser = _optimiser(float(args.lr))
     window_ts = tuple(float(t) for t in data.window_ts)
     settings = {name: getattr(args, name) for name in _RUN_SETTINGS}
-    checkpoint = (args.checkpoint_dir or args.out / "checkpoints") / CHECKPOINT_NAME
+    checkpoint = checkpoint_dir / CHECKPOINT_NAME
 
     model = SpiralField(args.width, key=jax.random.PRNGKey(args.seed))
     opt_state = optimiser.init(eqx.filter(model, eqx.is_array))
