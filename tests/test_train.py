@@ -175,6 +175,44 @@ def test_train_checks_its_folders_before_any_work(tmp_path, monkeypatch, capsys)
             assert set(tmp_path.rglob("*")) == before
 
 
+def test_resume_with_another_width_names_it(tmp_path, monkeypatch, capsys):
+    """A checkpoint of a narrower model: refused in one line naming the width, not
+    by the traceback of reading its arrays into the wider model."""
+    monkeypatch.setattr(_train, "_eval_loss", _no_work)
+    monkeypatch.setattr(_train, "_train_step", _no_work)
+    model = _train.SpiralField(16, key=jax.random.PRNGKey(0))
+    opt_state = _train._optimiser(1e-2).init(eqx.filter(model, eqx.is_array))
+    settings = dict(adjoint="checkpointed", lr=1e-2, batch_size=8, seed=0, window=10)
+    header = dict(
+        format=_train._CHECKPOINT_FORMAT,
+        step=1,
+        settings=dict(settings, width=16),
+        losses=[0.1],
+        initial_loss=0.1,
+    )
+    checkpoint = tmp_path / "checkpoints" / _train.CHECKPOINT_NAME
+    _train._write_checkpoint(checkpoint, header, (model, opt_state))
+    argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path), "--resume"]
+    assert TINY[TINY.index("--width") + 1] == "16"
+
+    wider = [*argv, "--width", "32"]  # the last --width counts
+    assert main(wider) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adjointkit train: cannot resume {checkpoint}")
+    assert "--width was 16, now 32" in err and err.count("\n") == 1
+
+    # A damaged file (cut short): one line too, whatever the settings.
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adjointkit train: {checkpoint} cannot be read")
+    assert err.count("\n") == 1
+    checkpoint.write_bytes(b"\x00" * 64)
+    assert main(argv) == 2
+    assert "is not an adjointkit train checkpoint" in capsys.readouterr().err
+
+
 def test_train_without_rich_or_matplotlib(tmp_path, monkeypatch, capsys):
     for name in ["rich", "rich.console", "rich.progress", "matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError

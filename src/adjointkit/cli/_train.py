@@ -324,15 +324,33 @@ def _write_checkpoint(path: pathlib.Path, header: dict, tree) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read_checkpoint(path: pathlib.Path, like):
+def _read_checkpoint(path: pathlib.Path, like, settings: dict | None = None):
     """`(header, tree)` from a checkpoint; `like` gives the structure, shapes and
-    dtypes the arrays must have."""
+    dtypes the arrays must have.
+
+    With `settings` (this run's `_RUN_SETTINGS`), the checkpoint must have been
+    written with the same ones. They are compared before the arrays are read: a
+    checkpoint of another `--width` holds arrays of other shapes, and is better
+    refused by naming the setting than by a deserialisation error."""
     like_host = jax.tree_util.tree_map(_host, like)
     with open(path, "rb") as f:
-        header = json.loads(f.readline())
-        if header.get("format") != _CHECKPOINT_FORMAT:
+        try:
+            header = json.loads(f.readline())
+        except ValueError:  # not JSON, or not text at all
+            header = None
+        if not isinstance(header, dict) or header.get("format") != _CHECKPOINT_FORMAT:
             raise _UsageError(f"{path} is not an adjointkit train checkpoint")
-        tree = eqx.tree_deserialise_leaves(f, like_host)
+        if settings is not None:
+            _check_same_settings(path, header.get("settings", {}), settings)
+        try:
+            tree = eqx.tree_deserialise_leaves(f, like_host)
+        except (RuntimeError, ValueError, OSError, EOFError) as e:
+            # Equinox wraps the error of the leaf that failed; that one says why.
+            cause = e.__cause__ or e
+            raise _UsageError(
+                f"{path} cannot be read as this run's model and optimiser state "
+                f"(damaged or incomplete?): {str(cause).splitlines()[0]}"
+            ) from e
     leaves = jax.tree_util.tree_leaves
     for got, want in zip(leaves(tree), leaves(like_host), strict=True):
         if isinstance(want, np.ndarray) and (
@@ -342,6 +360,20 @@ def _read_checkpoint(path: pathlib.Path, like):
                 f"{path} holds arrays of other shapes than this run's model"
             )
     return header, tree
+
+
+def _check_same_settings(path: pathlib.Path, saved: dict, settings: dict) -> None:
+    changed = {
+        k: (saved.get(k), settings[k])
+        for k in _RUN_SETTINGS
+        if saved.get(k) != settings[k]
+    }
+    if changed:
+        detail = ", ".join(
+            f"--{k.replace('_', '-')} was {a!r}, now {b!r}"
+            for k, (a, b) in changed.items()
+        )
+        raise _UsageError(f"cannot resume {path} with other settings ({detail})")
 
 
 # --- progress ----------------------------------------------------------------------
@@ -479,21 +511,8 @@ def _run(args) -> int:
     if args.resume:
         if checkpoint.exists():
             header, (model, opt_state) = _read_checkpoint(
-                checkpoint, (model, opt_state)
+                checkpoint, (model, opt_state), settings
             )
-            changed = {
-                k: (header["settings"][k], settings[k])
-                for k in _RUN_SETTINGS
-                if header["settings"].get(k) != settings[k]
-            }
-            if changed:
-                detail = ", ".join(
-                    f"--{k.replace('_', '-')} was {a!r}, now {b!r}"
-                    for k, (a, b) in changed.items()
-                )
-                raise _UsageError(
-                    f"cannot resume {checkpoint} with other settings ({detail})"
-                )
             step, losses = header["step"], header["losses"]
             last_saved = step
             initial_loss = header["initial_loss"]
