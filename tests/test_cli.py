@@ -6,10 +6,24 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
-from adjointkit import __version__
+from adjointkit import __version__, benchmarking as bench
 from adjointkit.cli import main
+
+
+# A row of figures, as `_measure` returns them, for tests that stand in for it.
+_ROW = dict(
+    forward_s=1e-3,
+    value_and_grad_s=2e-3,
+    ratio=2.0,
+    temp_bytes=2**20,
+    device_peak_bytes=None,
+    device_peak_exact=False,
+    forward_f_evals=61,
+    backward_f_evals=71,
+)
 
 
 def test_version_and_help():
@@ -71,7 +85,7 @@ def test_compare_rejects_bad_arguments(argv, message, capsys):
 
 
 def _no_work(*args, **kwargs):
-    raise AssertionError("the command started its work before checking --out")
+    raise AssertionError("the command started its work before the check under test")
 
 
 def _unwritable_folders(tmp_path):
@@ -103,6 +117,71 @@ def test_compare_checks_out_before_any_work(tmp_path, monkeypatch, capsys):
         assert err.startswith(f"adjointkit compare: --out {out}") and message in err
         assert err.count("\n") == 1  # one line, no traceback
         assert set(tmp_path.rglob("*")) == before  # the check leaves nothing behind
+
+
+def test_every_problem_has_default_steps():
+    from adjointkit.cli import _compare
+
+    assert set(_compare.DEFAULT_STEPS) == set(bench.PROBLEMS)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lotka_volterra",
+        # Building the Neural ODE takes seconds; the end-to-end test above solves
+        # it at 10 and 20 steps already.
+        pytest.param("neural_ode", marks=pytest.mark.slow),
+    ],
+)
+def test_default_steps_suit_the_problem(name):
+    """Tsit5 can take each problem's default constant steps, with and without
+    --quick (Lotka-Volterra blows up below 40 steps over its t in [0, 10])."""
+    from adjointkit.cli import _compare
+
+    quick, full = _compare.DEFAULT_STEPS[name]
+    for is_quick, steps in [(True, quick), (False, full)]:
+        problem = _compare._problem(name, is_quick)
+        for n in steps:
+            assert _compare._solve_failure(problem, n, None) is None, n
+
+
+def test_compare_quick_on_lotka_volterra(tmp_path, monkeypatch, capsys):
+    # Each measurement here is the real forward solve, which used to blow up at
+    # --quick's 10 and 20 steps; the rest (timing, memory) is covered above.
+    from adjointkit.cli import _compare
+
+    def measure(problem, steps, rtol, adjoint, library, repeats):
+        loss, f_evals = jax.jit(bench.adjointkit_loss(problem, adjoint, steps))(
+            problem.params
+        )
+        assert np.isfinite(loss)
+        return dict(_ROW, forward_f_evals=int(f_evals)), problem.params
+
+    monkeypatch.setattr(_compare, "_measure", measure)
+    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
+    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    argv = ["compare", "--quick", "--problem", "lotka_volterra", "--adjoints"]
+    assert main([*argv, "direct", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    quick_steps = _compare.DEFAULT_STEPS["lotka_volterra"][0]
+    assert [r["steps"] for r in rows] == list(quick_steps)
+
+
+@pytest.mark.parametrize(
+    "steps, bad", [(["20"], "20"), (["100", "30"], "30")], ids=["20", "100-30"]
+)
+def test_compare_steps_the_problem_cannot_take(steps, bad, monkeypatch, capsys):
+    from adjointkit.cli import _compare
+
+    monkeypatch.setattr(_compare, "_reference_grad", _no_work)
+    monkeypatch.setattr(_compare, "_measure", _no_work)
+    argv = ["compare", "--problem", "lotka_volterra", "--adjoints", "direct"]
+    assert main([*argv, "--steps", *steps]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adjointkit compare: --steps {bad}: ")
+    assert "inf/NaN" in err and "take more steps" in err
+    assert err.count("\n") == 1  # one line, no traceback
 
 
 def test_compare_rejects_an_unknown_problem(capsys):
