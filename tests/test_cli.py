@@ -184,6 +184,31 @@ def test_compare_steps_the_problem_cannot_take(steps, bad, monkeypatch, capsys):
     assert err.count("\n") == 1  # one line, no traceback
 
 
+def test_compare_logs_each_measurement_as_it_finishes(tmp_path, monkeypatch, capsys):
+    """Piped into a file or a CI log, a long run shows a line per finished
+    measurement as it goes; a progress bar there shows nothing till the end."""
+    from adjointkit.cli import _compare
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)  # rich would take stderr for a tty
+    logged = []  # what the log holds when each measurement starts
+
+    def measure(problem, steps, rtol, adjoint, library, repeats):
+        logged.append(capsys.readouterr().err)
+        return dict(_ROW), problem.params
+
+    monkeypatch.setattr(_compare, "_measure", measure)
+    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
+    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    argv = ["compare", "--problem", "lotka_volterra", "--steps", "100"]
+    assert main([*argv, "--adjoints", "checkpointed", "direct"]) == 0
+    logged.append(capsys.readouterr().err)
+    assert "[1/3] float64 reference gradient" in logged[0]
+    assert "[2/3] checkpointed at 100: v+g 2.00 ms" in logged[1]
+    assert "[3/3] direct at 100: " in logged[2]
+    assert all(entry.count("\n") == 1 for entry in logged)
+
+
 def test_compare_rejects_an_unknown_problem(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--problem", "nonsense"])

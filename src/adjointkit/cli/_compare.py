@@ -2,6 +2,7 @@
 
 import pathlib
 import sys
+import time
 from collections.abc import Callable
 
 import jax
@@ -291,10 +292,11 @@ def run(args) -> int:
     jobs = [(s, name) for s in settings for name in names]
     rows = []
     with _Progress(len(jobs) + 1) as progress:
-        progress.step("float64 reference gradient")
+        progress.start("float64 reference gradient")
         reference = _reference_grad(problem)
+        progress.done()
         for (label, steps, rtol), name in jobs:
-            progress.step(f"{name} at {label}")
+            progress.start(f"{name} at {label}")
             library, adjoint = _adjoints_for(steps)[name]
             row, grad = _measure(problem, steps, rtol, adjoint, library, repeats)
             row.update(
@@ -306,6 +308,11 @@ def run(args) -> int:
                 grad_rel_error=_rel_error(grad, reference),
             )
             rows.append(row)
+            progress.done(
+                f"v+g {1e3 * row['value_and_grad_s']:.2f} ms, "
+                f"temp {row['temp_bytes'] / 2**20:.2f} MiB, "
+                f"grad rel err {row['grad_rel_error']:.2e}"
+            )
     _print_table(rows, problem.name)
     meta = bench.run_metadata(
         benchmark="compare", problem=problem.name, quick=args.quick
@@ -318,13 +325,18 @@ def run(args) -> int:
 
 
 class _Progress:
-    """A rich progress bar, or one line per task where rich is missing."""
+    """Progress on stderr: a rich bar where stderr is a terminal; elsewhere (a pipe,
+    a file, a CI log) or without rich, one line per finished task, flushed at once,
+    so that a log shows how far a long run has got (a bar there shows nothing)."""
 
     def __init__(self, total: int):
         self.total = total
 
     def __enter__(self):
+        self._bar, self._finished, self._description = None, 0, ""
+        self._started = time.perf_counter()
         try:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -332,35 +344,44 @@ class _Progress:
                 TextColumn,
                 TimeElapsedColumn,
             )
-
+        except ImportError:
+            return self
+        console = Console(stderr=True)
+        if console.is_interactive:  # a terminal that redraws a bar in place
             self._bar = Progress(
                 TextColumn("{task.description:40}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                console=console,
                 transient=True,
             )
             self._bar.__enter__()
             self._task = self._bar.add_task("compare", total=self.total)
-        except ImportError:
-            self._bar = None
-        self._first = True
         return self
 
-    def step(self, description: str):
-        if self._bar is None:
-            print(f"  {description}", file=sys.stderr)
-            return
-        if not self._first:
-            self._bar.advance(self._task)
-        self._first = False
-        from rich.markup import escape  # rich reads "[...]" in a label as markup
+    def start(self, description: str):
+        """A task begins (shown on the bar)."""
+        self._description = description
+        self._started = time.perf_counter()
+        if self._bar is not None:
+            from rich.markup import escape  # rich reads "[...]" in a label as markup
 
-        self._bar.update(self._task, description=escape(description))
+            self._bar.update(self._task, description=escape(description))
+
+    def done(self, result: str = ""):
+        """The task begun last has finished, with `result` to show in a log."""
+        self._finished += 1
+        if self._bar is not None:
+            self._bar.advance(self._task)
+            return
+        seconds = time.perf_counter() - self._started
+        line = f"  [{self._finished}/{self.total}] {self._description}"
+        line += f": {result}" if result else ""
+        print(f"{line} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._bar is not None:
-            self._bar.advance(self._task)
             self._bar.__exit__(*exc)
         return False
 
