@@ -262,10 +262,26 @@ def test_two_processes_with_jax_distributed(tmp_path):
     np.testing.assert_allclose(multi["losses"], one["losses"], rtol=1e-5)
 
 
-def test_progress_bar_shows_the_adjoint_in_brackets(capsys):
+def test_progress_bar_shows_the_adjoint_in_brackets(monkeypatch, capsys):
     # Rich reads "[checkpointed]" as markup and would drop it, leaving "train ".
     pytest.importorskip("rich")
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.setenv(name, "1")  # stderr taken for a terminal: the bar
     with _train._Progress(0, 2, "checkpointed", enabled=True) as progress:
         progress.update(1, 0.5)
         progress.update(2, 0.25)
     assert "train [checkpointed]" in capsys.readouterr().err
+
+
+def test_train_logs_the_loss_where_stderr_is_not_a_terminal(monkeypatch, capsys):
+    """In a file or a CI log a progress bar shows nothing till the end: a line
+    every tenth of the run instead, as it goes."""
+    pytest.importorskip("rich")
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    with _train._Progress(0, 20, "checkpointed", enabled=True) as progress:
+        for step in range(1, 5):
+            progress.update(step, 1.0 / step)
+        assert capsys.readouterr().err == (
+            "  step 2/20  loss 5.000e-01\n  step 4/20  loss 2.500e-01\n"
+        )

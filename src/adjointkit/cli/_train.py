@@ -380,8 +380,9 @@ def _check_same_settings(path: pathlib.Path, saved: dict, settings: dict) -> Non
 
 
 class _Progress:
-    """A rich progress bar showing the loss, or (without rich) a line every tenth
-    of the run."""
+    """A rich progress bar showing the loss where stderr is an interactive terminal;
+    elsewhere (a pipe, a file, a CI log, where a bar shows nothing till the end)
+    or without rich, a line every tenth of the run."""
 
     def __init__(self, first: int, total: int, adjoint: str, enabled: bool):
         self.total, self.enabled, self.bar = total, enabled, None
@@ -406,6 +407,9 @@ class _Progress:
                 file=sys.stderr,
             )
             return
+        console = Console(stderr=True)
+        if not console.is_interactive:
+            return
         self.bar = Progress(
             # Rich reads "[...]" as markup: unescaped, "[checkpointed]" vanishes.
             TextColumn(escape(f"train [{adjoint}]")),
@@ -414,7 +418,7 @@ class _Progress:
             TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console,
         )
         self.task = self.bar.add_task("train", total=total, completed=first, loss="-")
 
@@ -433,7 +437,11 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.3e}")
         elif step % self.every == 0 or step == self.total:
-            print(f"  step {step}/{self.total}  loss {loss:.3e}", file=sys.stderr)
+            print(
+                f"  step {step}/{self.total}  loss {loss:.3e}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _plot(path: pathlib.Path, losses: list[float], adjoint: str) -> bool:
