@@ -320,6 +320,25 @@ def test_module_vector_field_with_parameters():
     np.testing.assert_allclose(grads.rate, -1.5 * t1 * exact, rtol=0, atol=1.2e-7)
 
 
+def test_module_vector_field_under_jit_and_grad():
+    """A module `f` whose parameters are traced, under `jit` and `grad`: once a
+    TracerBoolConversionError on JAX 0.4.30, whose trace cache compared `f` with
+    `==` (an array, for a module of tracers)."""
+    args = {"scale": jnp.asarray(1.5)}
+    y0 = jnp.array([1.0, -1.0])
+
+    def loss(field):
+        sol = ak.solve(field, ak.Tsit5(), 0.0, 1.0, y0, args, dt0=0.1)
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    field = Decay(rate=jnp.array([0.5, 2.0]))
+    grad = eqx.filter_grad(loss)
+    jitted = eqx.filter_jit(grad)
+    expected = grad(field).rate
+    np.testing.assert_allclose(jitted(field).rate, expected, rtol=1e-12)
+    np.testing.assert_allclose(jitted(field).rate, expected, rtol=1e-12)  # cached
+
+
 # ---------------------------------------------------------------------------
 # Transformations: jit, vmap
 # ---------------------------------------------------------------------------

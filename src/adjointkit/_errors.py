@@ -64,7 +64,11 @@ def check_vector_field(f, t, y0, args):
         raise TypeError(
             f"`f` must be callable as f(t, y, args), got {type(f).__name__}."
         )
-    out = eqx.filter_eval_shape(f, t, y0, args)
+    # Traced through a closure, not as `f` itself: JAX caches traces by function,
+    # and older JAX (0.4.x) compares an `eqx.Module` `f` with `==` to look it up,
+    # which on traced parameters is an array, not a bool
+    # (TracerBoolConversionError). `filter_eval_shape`: `args` may hold functions.
+    out = eqx.filter_eval_shape(lambda t, y, a: f(t, y, a), t, y0, args)
     y_struct = jtu.tree_structure(y0)
     if jtu.tree_structure(out) != y_struct:
         raise ValueError(
