@@ -28,12 +28,19 @@ import dataclasses
 import pathlib
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import numpy as np
 
 import adjointkit as ak
 from adjointkit import benchmarking as bench
 
+
+# `jax.enable_x64` is JAX 0.8's name; older JAX has only the experimental one.
+if hasattr(jax, "enable_x64"):
+    enable_x64 = jax.enable_x64
+else:
+    enable_x64 = jax.experimental.enable_x64
 
 # Damping rates from 0 to 20 across the state's components: fast and slow modes.
 DAMPING = 20.0
@@ -78,7 +85,7 @@ def make_loss(problem, field, n, adjoint, solver=None):
 def reference_gradient(problem, field):
     """The gradient of the exact ODE's loss, to near float64 rounding: Dopri8, 400
     steps, in float64."""
-    with jax.enable_x64(True):
+    with enable_x64(True):
 
         def to64(tree):
             return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)

@@ -86,7 +86,9 @@ def _observations(num_times: int, t1: float) -> tuple[np.ndarray, np.ndarray]:
 
     import adjointkit as ak
 
-    with jax.enable_x64(True):
+    from .._compat import enable_x64
+
+    with enable_x64(True):
         a = jnp.asarray(SPIRAL_A, jnp.float64)
         ts = jnp.linspace(0.0, t1, num_times, dtype=jnp.float64)
 

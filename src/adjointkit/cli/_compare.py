@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import benchmarking as bench
+from .._compat import enable_x64
 from ._common import unwritable
 
 
@@ -194,7 +195,7 @@ def _reference_grad(problem: bench.BenchProblem):
     rounding for these smooth problems, whatever adjoint is being judged."""
     import adjointkit as ak
 
-    with jax.enable_x64(True):
+    with enable_x64(True):
         params, y0 = _to64(problem.params), _to64(problem.y0)
         n = 400
 
