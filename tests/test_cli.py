@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from adjointkit import __version__, benchmarking as bench
+from adjointkit.benchmarking._measure import COUNTS_DIFFERENTIATED_LOOPS
 from adjointkit.cli import main
 
 
@@ -64,7 +65,9 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
             assert row["forward_f_evals"] == 1 + 6 * row["steps"]
         # Checkpointed pullbacks re-evaluate steps; direct ones only transpose.
         if row["adjoint"] == "direct":
-            assert row["backward_f_evals"] == 0
+            # (Older JAX loses the forward pass's count under jax.grad.)
+            if COUNTS_DIFFERENTIATED_LOOPS:
+                assert row["backward_f_evals"] == 0
         else:
             assert row["backward_f_evals"] >= row["forward_f_evals"]
     for plot in ("memory_vs_steps.png", "time_vs_steps.png", "error_vs_time.png"):

@@ -6,6 +6,7 @@ import pytest
 
 import adjointkit as ak
 from adjointkit import benchmarking as bench
+from adjointkit.benchmarking._measure import COUNTS_DIFFERENTIATED_LOOPS
 
 
 N = 10  # constant Tsit5 steps
@@ -33,6 +34,10 @@ def test_counted_forward_evaluations_equal_the_solution_statistics(rtol):
         assert forward == 1 + 6 * N  # Tsit5 is FSAL: one to start, six per step
 
 
+@pytest.mark.skipif(
+    not COUNTS_DIFFERENTIATED_LOOPS,
+    reason="this JAX drops callbacks from differentiated loops (fixed in 0.6.2)",
+)
 def test_direct_adjoint_evaluates_nothing_going_back():
     # Reverse mode through the stored loop transposes it: no evaluation of f.
     assert _counts(ak.DirectAdjoint())[2] == 0
