@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The oldest supported versions: in a separate virtual environment, install exactly
+# the lower bounds that pyproject.toml declares (.ci/min-versions.txt), the project
+# without its dependencies, and run a fast subset of the tests against them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+python -m venv "$scratch/venv"
+py="$scratch/venv/bin/python"
+# The test tools the subset needs (scipy: tests/helpers.py's exact solutions).
+"$py" -m pip install --quiet --disable-pip-version-check \
+    -r .ci/min-versions.txt "pytest>=8" pytest-xdist scipy
+"$py" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+echo "min-versions: $("$py" -m pip list --format=freeze \
+    | grep -iE '^(jax|jaxlib|equinox|jaxtyping|optax|numpy|diffrax)==' | tr '\n' ' ')"
+# The subset (about a minute on two cores; no Diffrax, whose comparisons are the
+# slow part of the suite): validation, solving and its gradients, two continuous
+# adjoints' backward passes, training with optax (its float64 data needs the
+# enable_x64 shim), the README's and the training guide's code.
+# --basetemp keeps the tests' files in the scratch folder.
+harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_backward_statistics
+"$py" -m pytest -p no:cacheprovider --basetemp "$scratch/pytest" \
+    tests/test_min_versions.py \
+    tests/test_errors.py \
+    tests/test_solve.py \
+    "$harness[constant-backsolve]" \
+    "$harness[constant-interpolated]" \
+    tests/test_train.py::test_train_without_rich_or_matplotlib \
+    tests/test_docs.py -k "not test_code_block_runs or README or training"
+echo "min-versions: done in $((SECONDS - start)) s"
