@@ -17,7 +17,8 @@ echo "min-versions: $("$py" -m pip list --format=freeze \
     | grep -iE '^(jax|jaxlib|equinox|jaxtyping|optax|numpy|diffrax)==' | tr '\n' ' ')"
 # The subset (about a minute on two cores; no Diffrax, whose comparisons are the
 # slow part of the suite): validation, solving and its gradients, two continuous
-# adjoints' backward passes, training with optax (its float64 data needs the
+# adjoints' backward passes, closed-over parameters and Equinox modules as
+# args (closure conversion), training with optax (its float64 data needs the
 # enable_x64 shim), the README's and the training guide's code.
 # --basetemp keeps the tests' files in the scratch folder.
 harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_backward_statistics
@@ -26,6 +27,9 @@ harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_ba
     tests/test_errors.py \
     tests/test_solve.py \
     "$harness[constant-backsolve]" \
+    "tests/test_idioms.py::test_closed_over_array_gets_the_gradient_it_gets_through_args[binomial-adaptive]" \
+    "tests/test_idioms.py::test_equinox_modules_as_args_and_as_closures[quadrature-adaptive]" \
+    "tests/test_idioms.py::test_scalar_state_made_inside_jit[backsolve]" \
     "$harness[constant-interpolated]" \
     tests/test_train.py::test_train_without_rich_or_matplotlib \
     tests/test_docs.py -k "not test_code_block_runs or README or training"
