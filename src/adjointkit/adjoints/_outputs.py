@@ -71,9 +71,13 @@ def solution_from_records(
             ys_at_ts,
             problem.y0,
         )
-    if discrete:
+    if discrete or problem.ts is not None:
+        # The `where` above hides the saved values of a zero-length solve from the
+        # custom VJP, so every adjoint adds their time derivatives here; the
+        # continuous adjoints' end value has them in its formulas already.
         y1, ys_at_ts = zero_length_time_derivatives(problem, summary, ys_at_ts)
-        summary = eqx.tree_at(lambda s: s.y, summary, y1)
+        if discrete:
+            summary = eqx.tree_at(lambda s: s.y, summary, y1)
     dense = None
     if problem.dense:
         times, points, steps, count = records["dense"]
