@@ -32,8 +32,9 @@ def zero_length_time_derivatives(
     times at all; yet y(t1) = y0 + (t1 - t0) f(t0, y0) + O((t1 - t0)^2), so dy(t1)/dt1
     = f and dy(t1)/dt0 = -f there (the limit of the discrete solution's derivative
     as well: one step of length t1 - t0). This adds `(t - stop_gradient(t)) f`
-    terms, zero in value, for solves that took no step. Adjoints that differentiate
-    their steps call it; the continuous ones have the formulas built in.
+    terms, zero in value, for solves that took no step. Every adjoint uses it for
+    the values at `ts`; for the end value only the discrete ones do (the
+    continuous ones have its time derivatives in their formulas).
 
     **Returns:** `(y1, ys_at_ts)` with those derivatives.
     """
