@@ -15,6 +15,7 @@ from ._problems import (
 from ._report import run_metadata as run_metadata, write_results as write_results
 from ._runners import (
     adjointkit_loss as adjointkit_loss,
+    adjointkit_solve as adjointkit_solve,
     diffrax_default_checkpoints as diffrax_default_checkpoints,
     diffrax_loss as diffrax_loss,
 )

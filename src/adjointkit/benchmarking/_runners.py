@@ -12,30 +12,38 @@ import jax.numpy as jnp
 from ._problems import BenchProblem
 
 
-def adjointkit_loss(
-    problem: BenchProblem, adjoint, steps: int, rtol: float | None = None
-) -> Callable:
-    """`params -> (loss, f-evaluations)` with adjointkit: `steps` constant steps,
-    or, with `rtol`, adaptive steps (at most `steps`)."""
+def adjointkit_solve(
+    problem: BenchProblem, params, steps: int, rtol: float | None = None, **options
+):
+    """`problem` solved by adjointkit with Tsit5: `steps` constant steps, or, with
+    `rtol`, adaptive steps (at most `steps`). `options` go to `solve`."""
     import adjointkit as ak
 
     if rtol is None:
         step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
     else:
         step_options = dict(controller=ak.PIDController(rtol=rtol, atol=rtol))
+    return ak.solve(
+        problem.f,
+        ak.Tsit5(),
+        problem.t0,
+        problem.t1,
+        problem.y0,
+        params,
+        max_steps=steps,
+        **step_options,
+        **options,
+    )
+
+
+def adjointkit_loss(
+    problem: BenchProblem, adjoint, steps: int, rtol: float | None = None
+) -> Callable:
+    """`params -> (loss, f-evaluations)` with adjointkit: `steps` constant steps,
+    or, with `rtol`, adaptive steps (at most `steps`)."""
 
     def loss(params):
-        sol = ak.solve(
-            problem.f,
-            ak.Tsit5(),
-            problem.t0,
-            problem.t1,
-            problem.y0,
-            params,
-            adjoint=adjoint,
-            max_steps=steps,
-            **step_options,
-        )
+        sol = adjointkit_solve(problem, params, steps, rtol, adjoint=adjoint)
         return problem.loss(sol.ys[-1]), sol.stats["num_f_evals"]
 
     return loss

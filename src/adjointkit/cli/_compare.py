@@ -144,24 +144,9 @@ def _solve_failure(problem: bench.BenchProblem, steps: int, rtol) -> str | None:
     """
     import adjointkit as ak
 
-    if rtol is None:
-        step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
-    else:
-        step_options = dict(controller=ak.PIDController(rtol=rtol, atol=rtol))
-
     @jax.jit
     def outcome(params):
-        sol = ak.solve(
-            problem.f,
-            ak.Tsit5(),
-            problem.t0,
-            problem.t1,
-            problem.y0,
-            params,
-            max_steps=steps,
-            throw=False,
-            **step_options,
-        )
+        sol = bench.adjointkit_solve(problem, params, steps, rtol, throw=False)
         return sol.result, jnp.isfinite(problem.loss(sol.ys[-1]))
 
     result, finite_loss = outcome(problem.params)
