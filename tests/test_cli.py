@@ -219,9 +219,8 @@ def test_compare_rejects_an_unknown_problem(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_table_shows_the_device_peak_where_the_backend_keeps_one(capsys):
-    from adjointkit.cli._compare import _print_table
-
+def _table_row(**overrides) -> dict:
+    """One row of compare's table, as `_print_table` takes it."""
     row = dict(
         adjoint="a",
         setting="10",
@@ -235,6 +234,13 @@ def test_table_shows_the_device_peak_where_the_backend_keeps_one(capsys):
         device_peak_bytes=None,
         device_peak_exact=False,
     )
+    return {**row, **overrides}
+
+
+def test_table_shows_the_device_peak_where_the_backend_keeps_one(capsys):
+    from adjointkit.cli._compare import _print_table
+
+    row = _table_row()
     _print_table([row], "p")
     assert "peak MiB" not in capsys.readouterr().out  # a CPU
     on_gpu = {**row, "device_peak_bytes": 3 * 2**20, "device_peak_exact": True}
@@ -249,19 +255,7 @@ def test_table_keeps_brackets_in_its_labels(capsys):
     pytest.importorskip("rich")
     from adjointkit.cli._compare import _print_table
 
-    row = dict(
-        adjoint="every [k=4]",
-        setting="10",
-        forward_s=1e-3,
-        value_and_grad_s=2e-3,
-        ratio=2.0,
-        temp_bytes=2**20,
-        forward_f_evals=61,
-        backward_f_evals=71,
-        grad_rel_error=1e-7,
-        device_peak_bytes=None,
-        device_peak_exact=False,
-    )
+    row = _table_row(adjoint="every [k=4]")
     _print_table([row], "problem [small]")
     out = capsys.readouterr().out
     assert "every [k=4]" in out and "problem [small]" in out
