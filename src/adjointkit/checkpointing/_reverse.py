@@ -9,7 +9,6 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import Array, Int, PyTree
 
-from .._integrate import advance_n
 from .._tree import tree_where
 from ._binomial import beta_table, split, split_jnp
 from ._plan import CheckpointPlan
@@ -50,10 +49,12 @@ def reverse_steps(
     Each range `(start, length, slots)` is reversed as in binomial checkpointing:
     advance `m = split(length, slots)` steps from its start, store that state (one
     slot per level of the recursion), reverse the `length - m` steps after it with
-    one state fewer, then the first `m`. The ranges wait on an explicit stack, so
-    the whole backward pass is one `lax.while_loop`, whatever the plan. (With
-    every state stored, `AllSteps`, there is nothing to split and the loop simply
-    visits the steps last first.)
+    one state fewer, then the first `m`. A range no longer than its states
+    (`length <= slots`) is not split but reversed whole: one sweep storing each of
+    its states, then its steps pulled back last first. The ranges wait on an
+    explicit stack, so the whole backward pass is one `lax.while_loop`, whatever
+    the plan. (With every state stored, `AllSteps`, there is nothing to split and
+    the loop simply visits the steps last first.)
 
     **Returns:** the final `carry`, and the number of steps re-run (for tests and
     benchmarks).
@@ -133,17 +134,20 @@ def reverse_steps(
         i = m.top - 1
         a, n, s, where_slot = m.stack[i]
         m = eqx.tree_at(lambda x: x.top, m, i)
-        is_leaf = n == 1
-        step = split_jnp(jnp.maximum(n, 2), s, betas)
-        # A range longer than one step: keep the state advanced to (if a slot is
+        # A range whose every state fits in its slots is reversed in one go: sweep
+        # it once storing each state, then pull back its steps last first. A
+        # longer one is split: keep the state `step` steps on (if a slot is
         # left), then reverse the steps after it, then the first `step` ones.
-        split = ~is_leaf
+        bulk = (n <= s) | (n == 1)
+        split = ~bulk
+        step = split_jnp(jnp.maximum(n, 2), s, betas)
         store = split & (s >= 2)
         snapshot = jnp.clip(plan.snapshot_slot(s), 0, plan.num_slots - 1)
         carry, states, state = _visit(
             problem, stepper, leaf, m.carry, m.states, m.current,
             use_current=m.current_step == a, slot=jnp.maximum(where_slot, 0), a=a,
-            is_leaf=is_leaf, advance=step, store=store, snapshot=snapshot,
+            leaves=jnp.where(bulk, n, 0), advance=jnp.where(bulk, n - 1, step),
+            store_all=bulk, store=store, snapshot=snapshot,
         )  # fmt: skip
         m = eqx.tree_at(
             lambda x: (x.carry, x.states, x.current, x.current_step, x.recomputed),
@@ -153,7 +157,7 @@ def reverse_steps(
                 states,
                 tree_where(split, state, m.current),
                 jnp.where(split, a + step, m.current_step),
-                m.recomputed + jnp.where(split, step, 0),
+                m.recomputed + jnp.where(split, step, n - 1),
             ),
         )
         m = push(m, a, step, s, where_slot, split)
@@ -167,42 +171,69 @@ def reverse_steps(
 
 
 def _visit(problem, stepper, leaf, carry, states, current, *, use_current, slot, a,
-           is_leaf, advance, store, snapshot):  # fmt: skip
+           leaves, advance, store_all, store, snapshot):  # fmt: skip
     """One iteration of a reversal, whoever decided it (the stack machine or the
-    static table): start from `current` or from the state stored in `slot`; pull
-    back step `a` (`leaf`) if the range is that one step, else advance `advance`
-    steps; store the state reached in `snapshot` if `store`.
+    static table). Start from `current` or from the state stored in `slot` (the
+    state before step `a`) and advance `advance` steps. Then either
+
+    - (`store_all`) the states reached are stored in slots `snapshot`,
+      `snapshot + 1`, ..., and steps `a + leaves - 1`, ..., `a` are pulled back
+      (`leaf`), each from its stored state: a whole range reversed at once; or
+    - the last state reached is stored in `snapshot` if `store`, and nothing is
+      pulled back (`leaves` is 0): a range split in two.
+
+    Both are loops whose trip counts are values, with no branch on the stored
+    states, so that XLA updates them in place.
 
     **Returns:** `(carry, states, state reached)`."""
     kept = jtu.tree_map(lambda buf: buf[slot], states)
-    state = lax.cond(
+    start = lax.cond(
         use_current, lambda: current, lambda: stepper.restore(problem, kept)
     )
-    # Only small values go through the cond: the stored states are written after
-    # it, so that XLA never copies them.
-    carry, state = lax.cond(
-        is_leaf,
-        lambda: (leaf(carry, state, a), state),
-        lambda: (carry, advance_n(problem, stepper, state, advance)),
-    )
-    states = jtu.tree_map(
-        lambda buf, x: buf.at[snapshot].set(jnp.where(store, x, buf[snapshot])),
-        states,
-        stepper.checkpoint(state),
-    )
+    last_slot = states_count(states) - 1
+
+    def sweep(i, loop_carry):
+        state, states = loop_carry
+        state = stepper.advance(problem, state)[0]
+        target = jnp.clip(jnp.where(store_all, snapshot + i, snapshot), 0, last_slot)
+        write = store_all | (store & (i == advance - 1))
+        states = jtu.tree_map(
+            lambda buf, x: buf.at[target].set(jnp.where(write, x, buf[target])),
+            states,
+            stepper.checkpoint(state),
+        )
+        return state, states
+
+    state, states = lax.fori_loop(0, advance, sweep, (start, states))
+
+    def pull_back(j, carry):
+        i = leaves - 1 - j
+        kept = jtu.tree_map(
+            lambda buf: buf[jnp.clip(snapshot + i - 1, 0, last_slot)], states
+        )
+        before = lax.cond(i == 0, lambda: start, lambda: stepper.restore(problem, kept))
+        return leaf(carry, before, a + i)
+
+    carry = lax.fori_loop(0, leaves, pull_back, carry)
     return carry, states, state
 
 
-# A static schedule is a table of about 2 N rows of 7 integers, embedded in the
-# compiled program: beyond this many steps, run the stack machine instead.
+def states_count(states) -> int:
+    """The number of slots of a stored-states buffer."""
+    return jtu.tree_leaves(states)[0].shape[0]
+
+
+# A static schedule is a table of at most about 2 N rows of 8 integers, embedded
+# in the compiled program: beyond this many steps, run the stack machine instead.
 _MAX_STATIC_STEPS = 20_000
 
 
 def _descent_actions(plan: CheckpointPlan) -> tuple[np.ndarray, int]:
     """The stack machine of `reverse_steps`, run at trace time for a `"descent"`
     plan (the number of steps is static, so every decision is): one row per
-    iteration, `(a, use_current, slot, is_leaf, advance, store, snapshot)`, and the
-    number of steps re-run. With Python's exact `split` (no repetition cap)."""
+    iteration, `(a, use_current, slot, leaves, advance, store_all, store,
+    snapshot)` as `_visit` takes them, and the number of steps re-run. With
+    Python's exact `split` (no repetition cap)."""
     stack = [tuple(entry) for entry in plan.descent_stack]
     current_step = plan.num_steps
     rows, recomputed = [], 0
@@ -210,18 +241,19 @@ def _descent_actions(plan: CheckpointPlan) -> tuple[np.ndarray, int]:
         a, n, s, where_slot = stack.pop()
         use_current = int(current_step == a)
         slot = max(where_slot, 0)
-        if n == 1:
-            rows.append((a, use_current, slot, 1, 0, 0, 0))
+        snapshot = min(max(plan.snapshot_slot(s), 0), plan.num_slots - 1)
+        if n <= s or n == 1:  # the whole range at once
+            rows.append((a, use_current, slot, n, n - 1, 1, 0, snapshot))
+            recomputed += n - 1
             continue
         m = split(n, s)
         store = s >= 2
-        snapshot = min(max(plan.snapshot_slot(s), 0), plan.num_slots - 1)
-        rows.append((a, use_current, slot, 0, m, int(store), snapshot))
+        rows.append((a, use_current, slot, 0, m, 0, int(store), snapshot))
         recomputed += m
         current_step = a + m
         stack.append((a, m, s, where_slot))
         stack.append((a + m, n - m, s - 1, snapshot if store else -1))
-    return np.asarray(rows, np.int32).reshape(-1, 7), recomputed
+    return np.asarray(rows, np.int32).reshape(-1, 8), recomputed
 
 
 def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
@@ -236,13 +268,15 @@ def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
 
     def visit(i, loop_carry):
         carry, states, current = loop_carry
-        a, use_current, slot, is_leaf, advance, store, snapshot = table[i]
+        a, use_current, slot, leaves, advance, store_all, store, snapshot = table[i]
         carry, states, state = _visit(
             problem, stepper, leaf, carry, states, current,
-            use_current=use_current == 1, slot=slot, a=a, is_leaf=is_leaf == 1,
-            advance=advance, store=store == 1, snapshot=snapshot,
+            use_current=use_current == 1, slot=slot, a=a, leaves=leaves,
+            advance=advance, store_all=store_all == 1, store=store == 1,
+            snapshot=snapshot,
         )  # fmt: skip
-        return carry, states, tree_where(is_leaf == 0, state, current)
+        # A split moves the recomputed position; a whole range leaves it.
+        return carry, states, tree_where(store_all == 0, state, current)
 
     carry, _, _ = lax.fori_loop(0, rows.shape[0], visit, (carry, states, final_state))
     return carry, jnp.asarray(recomputed, jnp.int32)
