@@ -346,13 +346,116 @@ def test_undifferentiable_saves_are_refused_at_trace_time(adjoint, save):
         )  # fmt: skip
 
 
-def test_checkpoints_must_be_fixed_segments():
-    with pytest.raises(ValueError, match="EveryKSteps"):
+def test_checkpoints_must_be_a_schedule():
+    with pytest.raises(TypeError, match="checkpoint schedule"):
         ak.solve(
             tanh_field, ak.Tsit5(), 0.0, 1.0, jnp.asarray(Y3), {"A": jnp.asarray(A3)},
-            dt0=0.1,
-            adjoint=ak.InterpolatedAdjoint(checkpoints=ak.BinomialCheckpoints(4)),
+            dt0=0.1, adjoint=ak.InterpolatedAdjoint(checkpoints=4),
         )  # fmt: skip
+
+
+# --- adaptive steps: storage follows the steps taken, not max_steps -------------
+
+
+def test_online_stretches_fit_the_rebuild_buffer():
+    """With adaptive steps the forward pass keeps every s-th state in c slots,
+    doubling s when they fill; the backward pass rebuilds the interpolation from
+    a kept state into a buffer of `segment_capacity` steps. Every gap between
+    kept states (and from the last one to the end) must fit that buffer, for
+    every number of steps up to max_steps; and the buffer is no more than twice
+    the longest gap can be (max_steps / c, rounded up)."""
+    from adjointkit.adjoints._continuous import segment_capacity
+    from adjointkit.checkpointing._plan import CheckpointPlan, online_positions
+
+    for slots in (2, 3, 7, 89):
+        for max_steps in (1, 5, 64, 300):
+            plan = CheckpointPlan(kind="online", outer_slots=slots, inner_slots=0)
+            capacity = segment_capacity(plan, max_steps)
+            assert capacity <= max(1, 2 * -(-max_steps // slots))
+            for n in range(1, max_steps + 1):
+                kept = online_positions(n, slots)
+                assert max(np.diff(kept + [n])) <= capacity, (slots, max_steps, n)
+
+
+def _adaptive_big_temp_mib(adjoint, max_steps) -> float:
+    """XLA temp memory (MiB) of the compiled gradient of the (4, BIG) float64 solve
+    of `gradient_temp_mib`, with PID control and `max_steps`."""
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(BIG, BIG)) / BIG)
+
+    def loss(w):
+        sol = ak.solve(
+            lambda t, y, w: jnp.tanh(y @ w), ak.Tsit5(), 0.0, 1.0,
+            jnp.ones((4, BIG)), w, controller=ak.PIDController(rtol=1e-6, atol=1e-6),
+            adjoint=adjoint, max_steps=max_steps,
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1])
+
+    compiled = jax.jit(jax.grad(loss)).lower(w).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+@pytest.mark.parametrize(
+    # One storage path for both: the quadrature's run on demand.
+    "name",
+    ["interpolated", pytest.param("quadrature", marks=pytest.mark.slow)],
+)
+def test_adaptive_storage_grows_like_the_square_root_of_max_steps(name):
+    """By default, with adaptive steps, the interpolating adjoints keep c states
+    (c ~ sqrt(2 max_steps)) and rebuild at most `segment_capacity` ~ max_steps / c
+    steps at a time: storage c·(state) + capacity·(Hermite point: y and f), about
+    sqrt(max_steps). Keeping every step's data (`AllSteps()`) stores max_steps
+    points. From max_steps 256 to 4096 the default's temp memory may grow by at
+    most twice what that storage predicts; `AllSteps()`'s grows by at least 90%
+    of its 3840 more points (so the test can tell them apart)."""
+    from adjointkit.adjoints._continuous import segment_capacity
+    from adjointkit.checkpointing import default_num_checkpoints
+    from adjointkit.checkpointing._plan import CheckpointPlan
+
+    state_mib = 4 * BIG * 8 / 2**20
+    point_mib = 2 * state_mib
+
+    def storage(max_steps):
+        c = default_num_checkpoints(max_steps)
+        plan = CheckpointPlan(kind="online", outer_slots=c, inner_slots=0)
+        return c * state_mib + segment_capacity(plan, max_steps) * point_mib
+
+    make = ak.InterpolatedAdjoint if name == "interpolated" else ak.QuadratureAdjoint
+    small, large = (_adaptive_big_temp_mib(make(), m) for m in (256, 4096))
+    assert 0 < large - small < 2 * (storage(4096) - storage(256))
+    all_small, all_large = (
+        _adaptive_big_temp_mib(make(checkpoints=ak.AllSteps()), m) for m in (256, 4096)
+    )
+    assert all_large - all_small > 0.9 * (4096 - 256) * point_mib
+
+
+@pytest.mark.parametrize(
+    "name", ["interpolated", pytest.param("quadrature", marks=pytest.mark.slow)]
+)
+def test_adaptive_default_equals_every_step_kept(name):
+    """When the steps taken fit one rebuilt stretch, the default's backward pass
+    is the one of `AllSteps()` (every step's data kept): replays retrace the
+    forward steps, so the gradients agree to rounding. With a few slots
+    (`BinomialCheckpoints(3)`, max_steps 40: stretches of at most 16 steps) the
+    backward solve restarts its step-size control at each stretch, and the
+    gradient agrees to the tolerance (both approximate the continuous one to
+    C·rtol, spec 1), across save times too."""
+    make = ak.InterpolatedAdjoint if name == "interpolated" else ak.QuadratureAdjoint
+    controller = ak.PIDController(rtol=1e-6, atol=1e-6)
+
+    def grad(adjoint, max_steps):
+        def loss(y0, A):
+            sol = ak.solve(
+                tanh_field, ak.Tsit5(), 0.0, 1.0, y0, {"A": A}, controller=controller,
+                saveat=ak.SaveAt(ts=TS), adjoint=adjoint, max_steps=max_steps,
+            )  # fmt: skip
+            return jnp.sum(W * sol.ys)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(Y3), jnp.asarray(A3))
+
+    every = grad(make(checkpoints=ak.AllSteps()), 6)
+    assert rel_err(grad(make(), 512), every) < 1e-12
+    few = grad(make(checkpoints=ak.BinomialCheckpoints(2)), 6)
+    assert 0 < rel_err(few, every) < C * 1e-6
 
 
 def test_invalid_quadrature_order():

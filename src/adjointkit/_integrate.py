@@ -322,9 +322,10 @@ def _dense_like(problem: Problem, f0: PyTree) -> PyTree:
     """The structure of the solver's `dense_info`, without computing a step."""
     t0 = problem.t0
     return jax.eval_shape(
-        lambda: problem.solver.step(
-            problem.vector_field, t0, t0, problem.y0, problem.args, f0
-        )[2]
+        lambda f: problem.solver.step(
+            problem.vector_field, t0, t0, problem.y0, problem.args, f
+        )[2],
+        f0,
     )
 
 

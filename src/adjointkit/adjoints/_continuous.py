@@ -37,7 +37,14 @@ from .._problem import Problem
 from .._recording import TrajectoryRecorder, inexact
 from .._solution import RESULTS
 from .._tree import tree_where
-from ..checkpointing import AbstractCheckpointSchedule
+from ..checkpointing import (
+    AbstractCheckpointSchedule,
+    AllSteps,
+    BinomialCheckpoints,
+    EveryKSteps,
+    default_num_checkpoints,
+)
+from ..checkpointing._plan import CheckpointPlan
 from ..checkpointing._store import CheckpointRecorder
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
@@ -370,7 +377,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
 
     if mode == "backsolve":
         c = sweep(c, problem.t0, True, None)
-    elif spec.checkpoints is None:
+    elif "_trajectory" in internal:
         times, points, steps, count = internal["_trajectory"]
         trajectory = Trajectory(
             times, points, steps, count, spec.interpolation, problem.solver
@@ -416,6 +423,56 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     return eqx.error_if(ct, failed, message)
 
 
+# --- where the backward pass reads y(t) from ---------------------------------------
+
+
+def segment_plan(
+    checkpoints: AbstractCheckpointSchedule | None, problem: Problem
+) -> CheckpointPlan | None:
+    """Which states an interpolating adjoint keeps on the forward pass: `None`,
+    every step's interpolation data; else a plan of kept states from which the
+    backward pass rebuilds the interpolation a stretch of steps at a time.
+
+    - `None` (the default): every step's data when the number of steps is known at
+      trace time (memory follows the steps taken); with adaptive steps, whose
+      storage would be sized by `max_steps` however few steps are taken, the
+      online plan of `BinomialCheckpoints()`.
+    - `AllSteps()`: every step's data (with adaptive steps: `max_steps` of it).
+    - `EveryKSteps(k)`: the state before every `k`-th step.
+    - `BinomialCheckpoints(c)`: `c` kept states; with the number of steps `N`
+      known, every `ceil(N / c)`-th; else every `s`-th with `s` doubling whenever
+      the `c` slots fill (as `CheckpointedAdjoint`'s online plan does).
+    """
+    n, max_steps = problem.num_steps, problem.max_steps
+    if checkpoints is None:
+        if n is not None:
+            return None
+        checkpoints = BinomialCheckpoints()
+    if isinstance(checkpoints, AllSteps):
+        return None
+    if isinstance(checkpoints, BinomialCheckpoints):
+        if n is not None:
+            n = min(n, max_steps)
+            c = checkpoints.num_checkpoints or default_num_checkpoints(n)
+            return EveryKSteps(max(1, -(-n // c))).plan(n, max_steps)
+        c = checkpoints.num_checkpoints or default_num_checkpoints(max_steps)
+        return CheckpointPlan(kind="online", outer_slots=c, inner_slots=0)
+    return checkpoints.plan(n, max_steps)
+
+
+def segment_capacity(plan: CheckpointPlan, max_steps: int) -> int:
+    """The most steps one rebuilt stretch holds: at least the longest gap between
+    kept states. For the online plan with `c` slots the stride `s` doubles only
+    once `c` states `s` apart are kept, so after at most `max_steps` steps it is
+    at most the least power of two with `c s >= max_steps`."""
+    if plan.kind == "stride":
+        return plan.stride
+    stride = 1
+    while plan.outer_slots * stride < max_steps:
+        stride *= 2
+    return stride
+
+
 def _report_stats(c: _Sweep):
     stats = dict(
         num_steps=c.num_steps,
@@ -428,35 +485,59 @@ def _report_stats(c: _Sweep):
 
 
 def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
-    """With checkpoints (the scheme of SUNDIALS CVODES): rebuild one segment's
-    interpolation at a time, last segment first, by replaying its steps from the
-    checkpoint that starts it, and solve the adjoint across it."""
-    states, _, _ = internal["_checkpoints"]
+    """With checkpoints (the scheme of SUNDIALS CVODES): rebuild the interpolation
+    of one stretch of steps at a time, last first, by replaying it from a kept
+    state, and solve the adjoint across it.
+
+    A stretch starts at the earliest kept state no more than `capacity` steps
+    before the end of the one after it, so that stretches are as long as the
+    rebuild buffer allows: every backward solve restarts its step-size control,
+    and the fewer restarts the better."""
+    states, positions, _ = internal["_checkpoints"]
     # Replays retrace the forward pass's step-size decisions (`DecisionRecorder`).
     stepper = make_stepper(problem).replaying(internal.get("_decisions"))
-    k = spec.checkpoints.plan(problem.num_steps, problem.max_steps).stride
-    num_segments = jnp.maximum((num_steps + k - 1) // k, 1)
+    plan = segment_plan(spec.checkpoints, problem)
+    capacity = segment_capacity(plan, problem.max_steps)
+    big = jnp.iinfo(jnp.int32).max
+    order = jnp.argsort(jnp.where(positions >= 0, positions, big)).astype(jnp.int32)
+    starts = jnp.where(positions[order] >= 0, positions[order], big)
     recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
-    state0 = stepper.init(problem)
-    dense_like = _dense_like(problem, state0.f)
+    f_like = eqx.filter_eval_shape(lambda p: stepper.init(p).f, problem)
+    dense_like = _dense_like(problem, f_like)
 
-    def body(idx, c):
-        j = num_segments - 1 - idx
-        kept = jtu.tree_map(lambda buf: buf[j], states)
-        # A solve that took no step kept no checkpoint: start from t0 itself.
-        state = tree_where(num_steps == 0, state0, stepper.restore(problem, kept))
+    def body(loop_carry):
+        c, end, _ = loop_carry
+        i = jnp.searchsorted(starts, end - capacity, side="left")
+        i = jnp.minimum(i, starts.shape[0] - 1)
+        start = jnp.where(num_steps == 0, 0, starts[i])
+        kept = jtu.tree_map(lambda buf: buf[order[i]], states)
+        # A solve that took no step kept no checkpoint: start from t0 itself
+        # (evaluated only then: the start of an adaptive solve costs two
+        # evaluations of f).
+        state = lax.cond(
+            num_steps == 0,
+            lambda: stepper.init(problem),
+            lambda: stepper.restore(problem, kept),
+        )
         t_start = stepper.time(problem, state)
-        length = jnp.clip(num_steps - j * k, 0, k)
         recorder = eqx.tree_at(
             lambda r: r.offset, recorder_like, stepper.accepted(state)
         )
-        record = recorder.init(t_start, state.y, state.f, dense_like, k)
+        record = recorder.init(t_start, state.y, state.f, dense_like, capacity)
         _, records = replay_recording(
-            problem, stepper, state, length, {"t": recorder}, {"t": record}
+            problem, stepper, state, end - start, {"t": recorder}, {"t": record}
         )
-        return sweep(c, t_start, j == 0, records["t"].evaluate)
+        c = sweep(c, t_start, start == 0, records["t"].evaluate)
+        return c, start, jnp.array(False)
 
-    return lax.fori_loop(0, num_segments, body, c)
+    def more(loop_carry):
+        _, end, first = loop_carry
+        return first | (end > 0)
+
+    c, _, _ = lax.while_loop(
+        more, body, (c, jnp.asarray(num_steps, jnp.int32), jnp.array(True))
+    )
+    return c
 
 
 @eqx.filter_custom_vjp
@@ -471,12 +552,12 @@ def _continuous_fwd(perturbed, problem: Problem, spec: _Spec):
     stepper = make_stepper(problem)
     recorders = output_recorders(problem)
     if spec.mode != "backsolve":
-        if spec.checkpoints is None:
+        plan = segment_plan(spec.checkpoints, problem)
+        if plan is None:
             recorders["_trajectory"] = TrajectoryRecorder(
                 spec.interpolation, problem.solver
             )
         else:
-            plan = spec.checkpoints.plan(problem.num_steps, problem.max_steps)
             kept_like = eqx.filter_eval_shape(
                 lambda p: stepper.checkpoint(stepper.init(p)), problem
             )
@@ -530,12 +611,11 @@ def check_continuous(problem: Problem, name: str, spec: _Spec):
         spec.interpolation, AbstractInterpolation
     ):
         raise TypeError(f"{name}: `interpolation` must be an adjointkit interpolation.")
-    if spec.checkpoints is not None:
-        plan = spec.checkpoints.plan(problem.num_steps, problem.max_steps)
-        if plan.kind != "stride":
-            raise ValueError(
-                f"{name} rebuilds the interpolation one segment of steps at a time, "
-                "which needs segments of a fixed number of steps: pass "
-                "checkpoints=EveryKSteps(k) (or AllSteps()), not "
-                f"{type(spec.checkpoints).__name__}."
-            )
+    if spec.checkpoints is not None and not isinstance(
+        spec.checkpoints, AbstractCheckpointSchedule
+    ):
+        raise TypeError(
+            f"{name}: `checkpoints` must be None or a checkpoint schedule "
+            "(AllSteps(), EveryKSteps(k), BinomialCheckpoints(c)), got "
+            f"{spec.checkpoints!r}."
+        )

@@ -15,12 +15,15 @@ class InterpolatedAdjoint(AbstractAdjoint):
     at `y(t)` interpolated from the forward solve. Stable where
     `BacksolveAdjoint` is not (no primal solve backward in time).
 
-    With `checkpoints=EveryKSteps(k)` the forward pass keeps only every `k`-th
-    state; the backward pass replays one segment of `k` steps at a time from its
-    checkpoint to rebuild that segment's interpolation, then integrates the
-    adjoint across it: memory about `N / k + k` states instead of `N` (the scheme
-    of SUNDIALS CVODES; A. C. Hindmarsh et al., ACM TOMS 31, 2005), at the cost of
-    re-running every forward step once.
+    With checkpoints the forward pass keeps only some states; the backward pass
+    replays one stretch of steps at a time from a kept state to rebuild that
+    stretch's interpolation, then integrates the adjoint across it (the scheme of
+    SUNDIALS CVODES; A. C. Hindmarsh et al., ACM TOMS 31, 2005), at the cost of
+    re-running every forward step once: with `EveryKSteps(k)`, memory about
+    `N / k + k` states instead of `N`. This is the default with adaptive steps,
+    whose storage would otherwise be sized by `max_steps`, however few steps the
+    solve takes: `c ~ sqrt(2 max_steps)` kept states and stretches of at most
+    about `max_steps / c` steps (89 and 64 for `max_steps=4096`).
 
     The gradient is that of the continuous problem, to the backward solve's and
     the interpolation's accuracy. Reverse mode only; `SaveAt(steps=True)` and
@@ -32,7 +35,12 @@ class InterpolatedAdjoint(AbstractAdjoint):
       O(h⁴)), `DenseInterpolation()` (the solver's own dense output: all its
       stages per step, its own order) or `LinearInterpolation()` (y per step,
       O(h²)).
-    - `checkpoints`: `None` (keep every step's data), or `EveryKSteps(k)`.
+    - `checkpoints`: `None` (default): every step's data when the number of
+      steps is known at trace time (constant steps), else `BinomialCheckpoints()`.
+      `AllSteps()`: every step's data (with adaptive steps, room for `max_steps`
+      of it). `EveryKSteps(k)`: the state before every `k`-th step.
+      `BinomialCheckpoints(c)`: `c` states, every `ceil(N / c)`-th for `N` known
+      steps, else every `s`-th with `s` doubling whenever they fill.
     - `solver`, `controller`: for the backward solve (default: the forward ones).
     - `max_steps`: the backward solve's budget of steps (on each stretch between
       save times). `None` (default): twice the forward solve's `max_steps`, since
