@@ -18,5 +18,6 @@ from ._runners import (
     adjointkit_solve as adjointkit_solve,
     diffrax_default_checkpoints as diffrax_default_checkpoints,
     diffrax_loss as diffrax_loss,
+    diffrax_solve as diffrax_solve,
 )
 from ._spiral import Spiral as Spiral, spiral as spiral

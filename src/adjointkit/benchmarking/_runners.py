@@ -74,16 +74,17 @@ def adjointkit_loss(
     return loss
 
 
-def diffrax_loss(
+def diffrax_solve(
     problem: BenchProblem,
-    adjoint,
+    params,
     steps: int,
     rtol: float | None = None,
     *,
     solver: str = "tsit5",
-) -> Callable:
-    """`params -> (loss, f-evaluations)` with Diffrax: `steps` constant steps, or,
-    with `rtol`, adaptive steps (at most `steps`).
+    **options,
+):
+    """`problem` solved by Diffrax: `steps` constant steps, or, with `rtol`,
+    adaptive steps (at most `steps`). `options` go to `diffeqsolve`.
 
     `dt0 = (t1 - t0) / steps` divides the interval exactly, so Diffrax's constant
     grid (a first step of `dt0`, then equal steps) is adjointkit's.
@@ -94,19 +95,34 @@ def diffrax_loss(
         dt0, controller = (problem.t1 - problem.t0) / steps, diffrax.ConstantStepSize()
     else:
         dt0, controller = None, diffrax.PIDController(rtol=rtol, atol=rtol)
+    return diffrax.diffeqsolve(
+        diffrax.ODETerm(problem.f),
+        _solver(diffrax, solver),
+        problem.t0,
+        problem.t1,
+        dt0,
+        problem.y0,
+        params,
+        stepsize_controller=controller,
+        max_steps=steps,
+        **options,
+    )
+
+
+def diffrax_loss(
+    problem: BenchProblem,
+    adjoint,
+    steps: int,
+    rtol: float | None = None,
+    *,
+    solver: str = "tsit5",
+) -> Callable:
+    """`params -> (loss, f-evaluations)` with Diffrax: `steps` constant steps, or,
+    with `rtol`, adaptive steps (at most `steps`)."""
 
     def loss(params):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(problem.f),
-            _solver(diffrax, solver),
-            problem.t0,
-            problem.t1,
-            dt0,
-            problem.y0,
-            params,
-            stepsize_controller=controller,
-            adjoint=adjoint,
-            max_steps=steps,
+        sol = diffrax_solve(
+            problem, params, steps, rtol, solver=solver, adjoint=adjoint
         )
         # Diffrax reports no evaluation count. For an FSAL method of s stages
         # (Tsit5, Dopri5: 7; Bosh3: 4), one plus s - 1 per attempted step is what
