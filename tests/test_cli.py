@@ -24,6 +24,8 @@ _ROW = dict(
     device_peak_exact=False,
     forward_f_evals=61,
     backward_f_evals=71,
+    steps_taken=10,
+    rejected_steps=0,
 )
 
 
@@ -39,30 +41,47 @@ def test_version_and_help():
 
 
 def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
+    from adjointkit.cli import _compare
+
+    # Without --rtol: the constant steps, then the problem's default adaptive one.
     argv = ["compare", "--quick", "--adjoints", "checkpointed", "direct"]
-    code = main(
-        [*argv, "--steps", "10", "20", "--rtol", "1e-4", "--out", str(tmp_path)]
-    )
+    code = main([*argv, "--steps", "10", "20", "--out", str(tmp_path)])
     assert code == 0
     table = capsys.readouterr().out
     assert "checkpointed" in table and "direct" in table and "grad rel err" in table
+    rtol = _compare.DEFAULT_RTOL["neural_ode"]
+    assert f"rtol {rtol:g}" in table and "steps taken" in table
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
     # Figures mean little without where and when they were taken.
     meta = results["meta"]
     assert meta["backend"] == jax.default_backend() and meta["device"]
     assert meta["date"].startswith("20") and meta["jax"] == jax.__version__
+    assert meta["adaptive_max_steps"] == _compare.ADAPTIVE_MAX_STEPS
     assert {r["adjoint"] for r in rows} == {"checkpointed", "direct"}
-    assert {r["setting"] for r in rows} == {"10", "20", "rtol 0.0001"}
+    assert [r["setting"] for r in rows] == [
+        *["10"] * 2,
+        *["20"] * 2,
+        *[f"rtol {rtol:g}"] * 2,
+    ]
     for row in rows:
         assert row["value_and_grad_s"] > 0 and row["temp_bytes"] > 0
         # Against the float64 reference: only Tsit5's discretisation (or
-        # tolerance) and float32 rounding separate them (~1e-7 observed at N = 20,
-        # ~1e-5 at rtol 1e-4); a wrong gradient is O(1).
+        # tolerance) and float32 rounding separate them (~2e-7 observed at N = 20,
+        # ~1e-6 at the default rtol 1e-6); a wrong gradient is O(1).
         assert row["grad_rel_error"] < 1e-3
         if row["rtol"] is None:
             # Tsit5, N constant steps: 1 + 6 N evaluations.
             assert row["forward_f_evals"] == 1 + 6 * row["steps"]
+            assert (row["steps_taken"], row["rejected_steps"]) == (row["steps"], 0)
+        else:
+            # The controller chose the steps (5 observed); the table shows them.
+            assert row["rtol"] == rtol and row["steps"] is None
+            assert 0 < row["steps_taken"] < _compare.ADAPTIVE_MAX_STEPS
+            # One more evaluation than with constant steps: the initial-step probe.
+            attempted = row["steps_taken"] + row["rejected_steps"]
+            assert row["forward_f_evals"] == 2 + 6 * attempted
+            assert _compare._steps_label(row) in table
         # Checkpointed pullbacks re-evaluate steps; direct ones only transpose.
         if row["adjoint"] == "direct":
             # (Older JAX loses the forward pass's count under jax.grad.)
@@ -122,10 +141,11 @@ def test_compare_checks_out_before_any_work(tmp_path, monkeypatch, capsys):
         assert set(tmp_path.rglob("*")) == before  # the check leaves nothing behind
 
 
-def test_every_problem_has_default_steps():
+def test_every_problem_has_default_steps_and_tolerance():
     from adjointkit.cli import _compare
 
     assert set(_compare.DEFAULT_STEPS) == set(bench.PROBLEMS)
+    assert set(_compare.DEFAULT_RTOL) == set(bench.PROBLEMS)
 
 
 @pytest.mark.parametrize(
@@ -139,14 +159,18 @@ def test_every_problem_has_default_steps():
 )
 def test_default_steps_suit_the_problem(name):
     """Tsit5 can take each problem's default constant steps, with and without
-    --quick (Lotka-Volterra blows up below 40 steps over its t in [0, 10])."""
+    --quick (Lotka-Volterra blows up below 40 steps over its t in [0, 10]), and
+    its default tolerance within the adaptive runs' `max_steps`."""
     from adjointkit.cli import _compare
 
     quick, full = _compare.DEFAULT_STEPS[name]
+    rtol = _compare.DEFAULT_RTOL[name]
     for is_quick, steps in [(True, quick), (False, full)]:
         problem = _compare._problem(name, is_quick)
         for n in steps:
             assert _compare._solve_failure(problem, n, None) is None, n
+        max_steps = _compare.ADAPTIVE_MAX_STEPS
+        assert _compare._solve_failure(problem, max_steps, rtol) is None
 
 
 def test_compare_quick_on_lotka_volterra(tmp_path, monkeypatch, capsys):
@@ -155,11 +179,12 @@ def test_compare_quick_on_lotka_volterra(tmp_path, monkeypatch, capsys):
     from adjointkit.cli import _compare
 
     def measure(problem, steps, rtol, adjoint, library, repeats):
-        loss, f_evals = jax.jit(bench.adjointkit_loss(problem, adjoint, steps))(
-            problem.params
-        )
+        forward = bench.adjointkit_loss(problem, adjoint, steps, rtol)
+        loss, f_evals = jax.jit(forward)(problem.params)
         assert np.isfinite(loss)
-        return dict(_ROW, forward_f_evals=int(f_evals)), problem.params
+        taken, rejected = _compare._steps_taken(problem, steps, rtol, adjoint, library)
+        row = dict(_ROW, forward_f_evals=int(f_evals))
+        return dict(row, steps_taken=taken, rejected_steps=rejected), problem.params
 
     monkeypatch.setattr(_compare, "_measure", measure)
     monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
@@ -168,7 +193,14 @@ def test_compare_quick_on_lotka_volterra(tmp_path, monkeypatch, capsys):
     assert main([*argv, "direct", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     quick_steps = _compare.DEFAULT_STEPS["lotka_volterra"][0]
-    assert [r["steps"] for r in rows] == list(quick_steps)
+    assert [r["steps"] for r in rows] == [*quick_steps, None]
+    adaptive = rows[-1]
+    assert adaptive["rtol"] == _compare.DEFAULT_RTOL["lotka_volterra"]
+    # ~100 steps observed at rtol 1e-6, some rejected: the controller's work.
+    assert 40 < adaptive["steps_taken"] < _compare.ADAPTIVE_MAX_STEPS
+    assert adaptive["forward_f_evals"] == 2 + 6 * (
+        adaptive["steps_taken"] + adaptive["rejected_steps"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,10 +238,48 @@ def test_compare_logs_each_measurement_as_it_finishes(tmp_path, monkeypatch, cap
     argv = ["compare", "--problem", "lotka_volterra", "--steps", "100"]
     assert main([*argv, "--adjoints", "checkpointed", "direct"]) == 0
     logged.append(capsys.readouterr().err)
-    assert "[1/3] float64 reference gradient" in logged[0]
-    assert "[2/3] checkpointed at 100: v+g 2.00 ms" in logged[1]
-    assert "[3/3] direct at 100: " in logged[2]
+    rtol = _compare.DEFAULT_RTOL["lotka_volterra"]
+    assert "[1/5] float64 reference gradient" in logged[0]
+    assert "[2/5] checkpointed at 100: v+g 2.00 ms" in logged[1]
+    assert "[3/5] direct at 100: " in logged[2]
+    # An adaptive run says how many steps it took: N is not fixed there.
+    assert f"[4/5] checkpointed at rtol {rtol:g}: 10 steps, v+g 2.00 ms" in logged[3]
+    assert f"[5/5] direct at rtol {rtol:g}: 10 steps, " in logged[4]
     assert all(entry.count("\n") == 1 for entry in logged)
+
+
+@pytest.mark.parametrize(
+    "rtol_argv, adaptive",
+    [([], None), (["--rtol", "1e-4", "1e-5"], [1e-4, 1e-5]), (["--rtol"], [])],
+    ids=["default", "given", "none"],
+)
+def test_compare_rtol_replaces_or_drops_the_default_adaptive_run(
+    rtol_argv, adaptive, tmp_path, monkeypatch
+):
+    from adjointkit.cli import _compare
+
+    adaptive = (
+        [_compare.DEFAULT_RTOL["lotka_volterra"]] if adaptive is None else adaptive
+    )
+    monkeypatch.setattr(_compare, "_measure", lambda *a: (dict(_ROW), a[0].params))
+    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
+    monkeypatch.setattr(_compare, "_solve_failure", lambda *a: None)
+    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    argv = ["compare", "--problem", "lotka_volterra", "--steps", "100"]
+    argv += ["--adjoints", "direct", *rtol_argv, "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["rtol"] for r in rows] == [None, *adaptive]
+    assert [r["setting"] for r in rows] == ["100", *(f"rtol {r:g}" for r in adaptive)]
+
+
+def test_compare_help_says_how_to_run_constant_steps_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--rtol with no value runs constant steps only" in out
+    assert "lotka_volterra 1e-06" in out
 
 
 def test_compare_rejects_an_unknown_problem(capsys):
@@ -233,6 +303,9 @@ def _table_row(**overrides) -> dict:
         grad_rel_error=1e-7,
         device_peak_bytes=None,
         device_peak_exact=False,
+        rtol=None,
+        steps_taken=10,
+        rejected_steps=0,
     )
     return {**row, **overrides}
 
@@ -259,3 +332,66 @@ def test_table_keeps_brackets_in_its_labels(capsys):
     _print_table([row], "problem [small]")
     out = capsys.readouterr().out
     assert "every [k=4]" in out and "problem [small]" in out
+
+
+def test_table_sets_the_adaptive_rows_apart_with_their_steps(capsys):
+    from adjointkit.cli._compare import _print_table
+
+    adaptive = dict(rtol=1e-6, setting="rtol 1e-06", steps_taken=103)
+    rows = [_table_row(), _table_row(**adaptive, rejected_steps=20)]
+    rows.append(_table_row(adjoint="b", **adaptive, rejected_steps=0))
+    _print_table(rows, "p")
+    lines = capsys.readouterr().out.splitlines()
+    (constant,) = [line for line in lines if " 10 " in line]
+    first, second = [line for line in lines if "rtol 1e-06" in line]
+    assert "103 (+20 rej)" in first and "103" in second and "rej" not in second
+    # A rule (rich) or a blank line (plain) between constant and adaptive rows.
+    between = lines[lines.index(constant) + 1 : lines.index(first)]
+    assert len(between) == 1 and not any(c.isalnum() for c in between[0])
+
+
+def test_plots_show_the_adaptive_rows(tmp_path, monkeypatch):
+    """Every figure draws the adaptive rows (at their steps taken where the axis
+    is steps) and names their tolerance in the legend."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from adjointkit.cli._compare import _plot
+
+    drawn = {}  # file name -> (legend texts, x of every scattered point)
+    save = Figure.savefig
+
+    def savefig(fig, path, **kwargs):
+        (ax,) = fig.axes
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        xs = {float(x) for c in ax.collections for x, _ in c.get_offsets()}
+        drawn[path.name] = texts, xs
+        return save(fig, path, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    rows = [
+        dict(_ROW, adjoint=name, steps=n, rtol=None, grad_rel_error=1e-7)
+        for n in (10, 20)
+        for name in ("checkpointed", "diffrax-direct")
+    ]
+    rows += [
+        dict(_ROW, adjoint=name, steps=None, rtol=1e-6, grad_rel_error=1e-6)
+        for name in ("checkpointed", "diffrax-direct")
+    ]
+    for row in rows[-2:]:
+        row.update(steps_taken=5, value_and_grad_s=3e-3)
+    paths = _plot(rows, tmp_path, "p")
+    assert (
+        {p.name for p in paths}
+        == set(drawn)
+        == {
+            "memory_vs_steps.png",
+            "time_vs_steps.png",
+            "error_vs_time.png",
+        }
+    )
+    for texts, _ in drawn.values():
+        assert "adaptive, rtol 1e-06" in texts and "checkpointed" in texts
+    assert 5.0 in drawn["memory_vs_steps.png"][1]
+    assert 5.0 in drawn["time_vs_steps.png"][1]
+    assert 3.0 in drawn["error_vs_time.png"][1]  # 3 ms

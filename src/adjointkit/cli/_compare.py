@@ -74,6 +74,39 @@ def _steps_help() -> str:
     return f"numbers of constant Tsit5 steps (default, per problem: {defaults})"
 
 
+# The adaptive setting (Tsit5 under PIDController, rtol = atol) run after the
+# constant steps when --rtol is not given, per problem. compare solves both
+# problems in float32 (machine epsilon 1.2e-7), so 1e-6, about 8 epsilons, is
+# about the tightest tolerance whose error estimate still stands above rounding
+# (benchmarks/adaptive.py's 1e-6 for Lotka-Volterra is in float64; its 1e-5 for
+# the Neural ODE leaves a gradient error 100x the constant rows' here). Measured
+# in float32 against compare's float64 reference, alike with and without
+# --quick. An adaptive row takes no more steps than a constant one, so it adds to
+# a run about what one more --steps value would (--quick stays quick):
+DEFAULT_RTOL = {
+    # 5 steps, none rejected (Diffrax's controller attempts 6); gradient
+    # error ~1e-6 for the discrete adjoints, up to ~1e-5 for the continuous ones,
+    # against ~2e-7 (float32's floor) for the constant rows. rtol 1e-5: 4 steps,
+    # ~2e-5; 1e-7 is below float32's resolution of a state of size ~1.
+    "neural_ode": 1e-6,
+    # ~103 steps accepted and ~20 rejected; gradient error ~1.5e-4 for the
+    # discrete adjoints and backsolve (~1.3e-3 for the interpolating ones: their
+    # Hermite interpolation of the forward solution), against ~2e-3 for constant
+    # N = 100 at about the same cost. rtol 1e-5: 69 steps, ~7e-4; 1e-4: 45
+    # steps, ~1e-2; 1e-3: O(1) off.
+    "lotka_volterra": 1e-6,
+}
+
+
+def _rtol_help() -> str:
+    defaults = "; ".join(f"{name} {r:g}" for name, r in DEFAULT_RTOL.items())
+    return (
+        "tolerances (rtol = atol) of the adaptive Tsit5 runs that follow the "
+        f"constant steps (default, per problem: {defaults}); --rtol with no value "
+        "runs constant steps only"
+    )
+
+
 # Adaptive runs may take this many steps at most; it sizes the buffers of the
 # adjoints that keep every step (DirectAdjoint, the interpolating ones).
 ADAPTIVE_MAX_STEPS = 1024
@@ -102,10 +135,10 @@ def add_parser(sub):
     p.add_argument(
         "--rtol",
         type=float,
-        nargs="+",
+        nargs="*",
         default=None,
         metavar="R",
-        help="also run adaptive steps at these tolerances (rtol = atol)",
+        help=_rtol_help(),
     )
     p.add_argument(
         "--adjoints",
@@ -209,6 +242,26 @@ def _rel_error(grad, ref) -> float:
     return float(np.linalg.norm(g - r) / np.linalg.norm(r))
 
 
+def _steps_taken(problem, steps, rtol, adjoint, library) -> tuple[int, int]:
+    """`(accepted, rejected)`: the steps one forward solve of the row takes.
+
+    With constant steps, `(steps, 0)` without solving. With adaptive ones, from
+    the solve's own statistics (its `adjoint` included, so that the count is that
+    of the row's forward pass), since the number is the controller's choice.
+    """
+    if rtol is None:
+        return steps, 0
+    solve = bench.adjointkit_solve if library == "adjointkit" else bench.diffrax_solve
+
+    @jax.jit
+    def counts(params):
+        stats = solve(problem, params, steps, rtol, adjoint=adjoint).stats
+        return stats["num_accepted_steps"], stats["num_rejected_steps"]
+
+    accepted, rejected = counts(problem.params)
+    return int(accepted), int(rejected)
+
+
 def _measure(problem, steps, rtol, adjoint, library, repeats):
     make = bench.adjointkit_loss if library == "adjointkit" else bench.diffrax_loss
     forward = make(problem, adjoint, steps, rtol)
@@ -231,6 +284,7 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
         problem,
         problem.params,
     )
+    accepted, rejected = _steps_taken(problem, steps, rtol, adjoint, library)
     return dict(
         forward_s=t_fwd,
         value_and_grad_s=t_vg,
@@ -240,6 +294,8 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
         device_peak_exact=peak_exact,
         forward_f_evals=forward_evals,
         backward_f_evals=gradient_evals - forward_evals,
+        steps_taken=accepted,
+        rejected_steps=rejected,
     ), grad
 
 
@@ -253,7 +309,7 @@ def run(args) -> int:
     steps_list = args.steps or list(quick_steps if args.quick else full_steps)
     if any(n < 1 for n in steps_list):
         return _fail("--steps must be positive integers")
-    rtols = args.rtol or []
+    rtols = [DEFAULT_RTOL[args.problem]] if args.rtol is None else args.rtol
     if any(not (0 < r < 1) for r in rtols):
         return _fail("--rtol must be in (0, 1)")
     available = _adjoints_for(steps_list[0])
@@ -294,14 +350,18 @@ def run(args) -> int:
                 grad_rel_error=_rel_error(grad, reference),
             )
             rows.append(row)
+            taken = "" if rtol is None else f"{_steps_label(row)} steps, "
             progress.done(
-                f"v+g {1e3 * row['value_and_grad_s']:.2f} ms, "
+                f"{taken}v+g {1e3 * row['value_and_grad_s']:.2f} ms, "
                 f"temp {row['temp_bytes'] / 2**20:.2f} MiB, "
                 f"grad rel err {row['grad_rel_error']:.2e}"
             )
     _print_table(rows, problem.name)
     meta = bench.run_metadata(
-        benchmark="compare", problem=problem.name, quick=args.quick
+        benchmark="compare",
+        problem=problem.name,
+        quick=args.quick,
+        adaptive_max_steps=ADAPTIVE_MAX_STEPS,
     )
     bench.write_results(args.out, "results.json", meta, rows)
     plots = _plot(rows, args.out, problem.name)
@@ -372,10 +432,19 @@ class _Progress:
         return False
 
 
+def _steps_label(row) -> str:
+    """The steps a row's forward solve took: N with constant steps; with adaptive
+    ones the accepted steps, and the rejected ones after them where there were
+    any."""
+    rejected = row["rejected_steps"]
+    return f"{row['steps_taken']}" + (f" (+{rejected} rej)" if rejected else "")
+
+
 def _print_table(rows, problem_name):
     headers = [
         "adjoint",
         "N / rtol",
+        "steps taken",
         "fwd ms",
         "v+g ms",
         "v+g/fwd",
@@ -388,6 +457,7 @@ def _print_table(rows, problem_name):
         [
             r["adjoint"],
             r["setting"],
+            _steps_label(r),
             f"{1e3 * r['forward_s']:.2f}",
             f"{1e3 * r['value_and_grad_s']:.2f}",
             f"{r['ratio']:.2f}",
@@ -400,10 +470,16 @@ def _print_table(rows, problem_name):
     ]
     if any(r["device_peak_bytes"] is not None for r in rows):
         # A GPU: the allocator's peak too ("<=": an earlier, larger run set it).
-        headers.insert(6, "peak MiB")
+        headers.insert(7, "peak MiB")
         for line, r in zip(lines, rows, strict=True):
             bound = "" if r["device_peak_exact"] else "<= "
-            line.insert(6, f"{bound}{r['device_peak_bytes'] / 2**20:.1f}")
+            line.insert(7, f"{bound}{r['device_peak_bytes'] / 2**20:.1f}")
+    # A rule between the constant-step rows and the adaptive ones, which follow.
+    section_ends = {
+        i
+        for i in range(len(rows) - 1)
+        if rows[i]["rtol"] is None and rows[i + 1]["rtol"] is not None
+    }
     try:
         from rich.console import Console
         from rich.markup import escape
@@ -416,8 +492,8 @@ def _print_table(rows, problem_name):
             table.add_column(
                 h, justify="left" if h == "adjoint" else "right", no_wrap=True
             )
-        for line in lines:
-            table.add_row(*map(escape, line))
+        for i, line in enumerate(lines):
+            table.add_row(*map(escape, line), end_section=i in section_ends)
         console = Console()
         if not console.is_terminal:  # a log or a pipe: never squeeze the table
             console = Console(width=160)
@@ -428,13 +504,29 @@ def _print_table(rows, problem_name):
             for i, h in enumerate(headers)
         ]
         print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-        for line in lines:
+        for i, line in enumerate(lines):
             print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+            if i in section_ends:
+                print()
+
+
+# Markers of the adaptive rows in the plots, one per tolerance (drawn hollow).
+_RTOL_MARKERS = ("*", "D", "^", "v", "P", "X", "p", "h")
 
 
 def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
-    """Memory and time against N (constant steps), and gradient error against
-    time (every run)."""
+    """Memory and time against the steps taken, and gradient error against time.
+
+    Each adjoint has one colour in every figure. Constant steps are filled
+    markers (squares for Diffrax's adjoints), joined by a line over N; adaptive
+    runs are hollow markers, one shape per tolerance, named in the legend. An
+    adaptive run has no N of its own: the per-steps figures place it at the
+    steps its forward solve accepted, which is what its time is comparable with
+    (it also pays for the rejected ones). Its memory is sized by the adjoints
+    that keep every step to ADAPTIVE_MAX_STEPS, not to the steps taken, so there
+    it may sit far above the constant-step line: that is what adaptive steps
+    cost those adjoints, not a misplaced point.
+    """
     try:
         import matplotlib
 
@@ -447,20 +539,60 @@ def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
             file=sys.stderr,
         )
         return []
+    from matplotlib import ticker
+    from matplotlib.lines import Line2D
+
     names = list(dict.fromkeys(r["adjoint"] for r in rows))
+    palette = plt.get_cmap("tab20").colors
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     fixed = [r for r in rows if r["rtol"] is None]
+    rtols = list(dict.fromkeys(r["rtol"] for r in rows if r["rtol"] is not None))
+    marker_of = {
+        rtol: _RTOL_MARKERS[i % len(_RTOL_MARKERS)] for i, rtol in enumerate(rtols)
+    }
     paths = []
+
+    def adaptive(ax, x_of, y_of):
+        """The adaptive rows, hollow, and a grey legend entry per tolerance."""
+        for r in rows:
+            if r["rtol"] is not None:
+                ax.scatter(
+                    x_of(r),
+                    y_of(r),
+                    marker=marker_of[r["rtol"]],
+                    s=70,
+                    facecolors="none",
+                    edgecolors=[colour[r["adjoint"]]],
+                    linewidths=1.5,
+                )
+        return [
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=marker_of[rtol],
+                markersize=8,
+                markerfacecolor="none",
+                markeredgecolor="0.3",
+                label=f"adaptive, rtol {rtol:g}",
+            )
+            for rtol in rtols
+        ]
 
     def figure(filename: str, draw: Callable, xlabel: str, ylabel: str):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
-        draw(ax)
+        extra_handles = draw(ax)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        # Plain numbers on the x axis ("5", "20", not "5 x 10^0"), also for the
+        # unlabelled-by-default ticks within a decade of steps.
+        ax.xaxis.set_major_formatter(ticker.LogFormatter())
+        ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{problem_name} ({jax.default_backend()})")
-        ax.legend(fontsize=7, ncol=2)
+        handles, _ = ax.get_legend_handles_labels()
+        ax.legend(handles=handles + extra_handles, fontsize=7, ncol=2)
         fig.tight_layout()
         path = out / filename
         fig.savefig(path, dpi=120)
@@ -475,27 +607,42 @@ def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
                 )
                 if mine:
                     xs, ys = zip(*mine, strict=True)
-                    style = "--" if name.startswith("diffrax") else "-"
-                    ax.plot(xs, [y * scale for y in ys], style, marker="o", label=name)
+                    diffrax = name.startswith("diffrax")
+                    ax.plot(
+                        xs,
+                        [y * scale for y in ys],
+                        "--" if diffrax else "-",
+                        marker="s" if diffrax else "o",
+                        color=colour[name],
+                        label=name,
+                    )
+                else:  # adaptive rows only: the colour still needs its name
+                    ax.plot([], [], color=colour[name], label=name)
+            return adaptive(ax, lambda r: r["steps_taken"], lambda r: r[key] * scale)
 
         return draw
 
-    if fixed:
-        figure("memory_vs_steps.png", versus_steps("temp_bytes", 2**-20),
-               "constant steps N", "XLA temp memory (MiB)")  # fmt: skip
-        figure("time_vs_steps.png", versus_steps("value_and_grad_s", 1e3),
-               "constant steps N", "value and gradient (ms)")  # fmt: skip
+    xlabel = "steps: N constant (filled), accepted when adaptive (hollow)"
+    figure("memory_vs_steps.png", versus_steps("temp_bytes", 2**-20),
+           xlabel, "XLA temp memory (MiB)")  # fmt: skip
+    figure("time_vs_steps.png", versus_steps("value_and_grad_s", 1e3),
+           xlabel, "value and gradient (ms)")  # fmt: skip
 
     def error_vs_time(ax):
         for name in names:
-            mine = [r for r in rows if r["adjoint"] == name]
-            marker = "s" if name.startswith("diffrax") else "o"
+            mine = [r for r in fixed if r["adjoint"] == name]
             ax.scatter(
                 [1e3 * r["value_and_grad_s"] for r in mine],
                 [max(r["grad_rel_error"], 1e-16) for r in mine],
-                marker=marker,
+                marker="s" if name.startswith("diffrax") else "o",
+                color=colour[name],
                 label=name,
             )
+        return adaptive(
+            ax,
+            lambda r: 1e3 * r["value_and_grad_s"],
+            lambda r: max(r["grad_rel_error"], 1e-16),
+        )
 
     figure("error_vs_time.png", error_vs_time, "value and gradient (ms)",
            "gradient relative error")  # fmt: skip
