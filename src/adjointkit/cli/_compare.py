@@ -84,7 +84,7 @@ def _steps_help() -> str:
 # --quick. An adaptive row takes no more steps than a constant one, so it adds to
 # a run about what one more --steps value would (--quick stays quick):
 DEFAULT_RTOL = {
-    # 5 steps, none rejected (Diffrax's controller attempts 6); gradient
+    # 5 steps, none rejected (Diffrax's controller: 6); gradient
     # error ~1e-6 for the discrete adjoints, up to ~1e-5 for the continuous ones,
     # against ~2e-7 (float32's floor) for the constant rows. rtol 1e-5: 4 steps,
     # ~2e-5; 1e-7 is below float32's resolution of a state of size ~1.
@@ -148,7 +148,9 @@ def add_parser(sub):
         help="which adjoints to run (default: all available)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="a small problem, fewer repeats (< 2 min)"
+        "--quick",
+        action="store_true",
+        help="a small problem, fewer repeats (a few minutes on a laptop CPU)",
     )
     p.add_argument(
         "--out",
@@ -584,10 +586,11 @@ def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
         extra_handles = draw(ax)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        # Plain numbers on the x axis ("5", "20", not "5 x 10^0"), also for the
-        # unlabelled-by-default ticks within a decade of steps.
+        # Plain numbers on the x axis ("5", "20", not "5 x 10^0"), and every
+        # tick labelled where the axis spans less than a decade (steps 5 to 20).
+        minor = ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.8))
         ax.xaxis.set_major_formatter(ticker.LogFormatter())
-        ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(minor)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{problem_name} ({jax.default_backend()})")
