@@ -236,6 +236,7 @@ def test_compare_logs_each_measurement_as_it_finishes(tmp_path, monkeypatch, cap
     monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
     monkeypatch.setattr(_compare, "_plot", lambda *args: [])
     argv = ["compare", "--problem", "lotka_volterra", "--steps", "100"]
+    argv += ["--out", str(tmp_path)]
     assert main([*argv, "--adjoints", "checkpointed", "direct"]) == 0
     logged.append(capsys.readouterr().err)
     rtol = _compare.DEFAULT_RTOL["lotka_volterra"]
