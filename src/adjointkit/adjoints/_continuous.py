@@ -36,7 +36,6 @@ from .._integrate import _dense_like, make_stepper, num_f_evals, replay_recordin
 from .._problem import Problem
 from .._recording import TrajectoryRecorder, inexact
 from .._solution import RESULTS
-from .._tree import tree_where
 from ..checkpointing import (
     AbstractCheckpointSchedule,
     AllSteps,
