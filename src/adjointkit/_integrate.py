@@ -9,8 +9,9 @@ A *stepper* says how one step is taken from a state; `run` drives it:
   number is only known at run time). Its state holds the time, the proposed next
   step end, the controller's state and counters. The loop is a `lax.while_loop`
   bounded by `max_steps` (differentiable in forward mode), or, when reverse mode
-  must work through it (`DirectAdjoint`), a `lax.scan` over `max_steps` iterations
-  that skips by `lax.cond` once the solve is done.
+  must work through it (`DirectAdjoint`), a `bounded_while_loop`: nested,
+  checkpointed scans that skip whole blocks once the solve is done, so that
+  reverse mode's cost follows the steps taken rather than `max_steps`.
 
 Every attempted step is reported to every recorder (`_recording.StepRecord`): that
 per-step hook is how adjoints keep what they need. Adjoints that replay steps on
@@ -24,6 +25,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
+from ._bounded_loop import bounded_while_loop
 from ._problem import Problem
 from ._recording import AbstractRecorder, DecisionRecorder, StepRecord
 from ._solution import RESULTS
@@ -411,12 +413,8 @@ def run(
     else:
         cond = lambda c: stepper.not_done(problem, c[0])  # noqa: E731
         if differentiable:
-
-            def bounded_body(c, _):
-                return lax.cond(cond(c), body, lambda x: x, c), None
-
-            (state, records), _ = lax.scan(
-                bounded_body, (state, records), None, length=problem.max_steps
+            state, records = bounded_while_loop(
+                cond, body, (state, records), max_iterations=problem.max_steps
             )
         else:
             state, records = lax.while_loop(cond, body, (state, records))

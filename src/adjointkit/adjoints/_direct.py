@@ -17,15 +17,23 @@ class DirectAdjoint(AbstractAdjoint):
     Gives the exact derivative of the computed solution, in reverse mode
     (`jax.grad`, `jax.vjp`) and in forward mode (`jax.jvp`, `jax.jacfwd`).
 
-    Memory: JAX stores every step's intermediate values for the backward pass.
+    Memory and time of the backward pass:
 
     - Constant steps whose number `N` is known at trace time run as a `lax.scan` of
-      `N` steps: memory grows with `N`, the steps actually taken.
+      `N` steps, and JAX stores every step's intermediate values: memory grows with
+      `N`, the steps actually taken.
     - Adaptive steps (or a constant step count only known at run time) run as a
-      scan over `max_steps` iterations that skips once the solve is done: memory and
-      the backward pass's work grow with `max_steps`, however few steps the solve
-      takes, and under `jax.vmap` the skipped iterations are computed too. Keep
-      `max_steps` tight, or use `CheckpointedAdjoint`.
+      bounded while loop (`_bounded_loop.bounded_while_loop`): a tree of nested
+      scans of 8 iterations each, the upper levels checkpointed, skipping a whole
+      block at a time once the solve is done. Reverse mode keeps 8 stepper states
+      per level (log8(`max_steps`) levels, rounded up) and 8 steps' intermediate
+      values, so memory is nearly independent of `max_steps`; the backward pass
+      recomputes each step taken once per checkpointed level (3 times at the
+      default `max_steps=4096`) and costs ~nothing for iterations the solve did
+      not need. What does grow with `max_steps` are the buffers of what is saved
+      per step (`SaveAt(steps=True)`, dense output), once each. Under `jax.vmap`
+      with a batched step-size decision, every iteration up to `max_steps` is
+      computed (a batched `lax.cond` runs both branches).
 
     Values at `SaveAt(ts=...)` are read off the recorded dense output of every step
     (the solver's own interpolation), which this adjoint stores anyway.
