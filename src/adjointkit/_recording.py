@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
+from ._bounded_loop import bounded_while_loop
 from .interpolation import AbstractInterpolation, Trajectory
 
 
@@ -183,10 +184,19 @@ class TsRecorder(AbstractRecorder):
     (the sensitivity to the save times) flows back through the record like any
     other. A save time no step reaches (only when `t0 == t1`) is left for the
     caller to fill with `y0`.
+
+    The save times within one step are written by a loop over them. With
+    `differentiable=True` that loop is a `bounded_while_loop` (at most `len(ts)`
+    iterations), so that reverse mode can differentiate `record` itself
+    (`DirectAdjoint`): the record then costs `len(ts)` values, where reading them
+    off a stored dense output afterwards would cost every step's dense output,
+    `max_steps` of them. Otherwise it is a plain `lax.fori_loop`, and adjoints
+    that own their backward pass use `pullback`.
     """
 
     ts: Real[Array, " times"]
     solver: eqx.Module
+    differentiable: bool = eqx.field(static=True, default=False)
 
     def init(self, t0, y0, f0, dense_like, capacity):
         del t0, f0, dense_like, capacity
@@ -202,7 +212,16 @@ class TsRecorder(AbstractRecorder):
         def body(i, ys):
             return _set(ys, i, self._value(step, ts[i]))
 
-        return (lax.fori_loop(lo, hi, body, ys), ts)
+        if self.differentiable:
+            _, ys = bounded_while_loop(
+                lambda c: c[0] < hi,
+                lambda c: (c[0] + 1, body(*c)),
+                (lo, ys),
+                max_iterations=ts.shape[0],
+            )
+        else:
+            ys = lax.fori_loop(lo, hi, body, ys)
+        return (ys, ts)
 
     def pullback(self, state, ct_state, step):
         _, ts = state

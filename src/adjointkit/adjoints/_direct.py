@@ -1,14 +1,10 @@
 """Differentiate the loop itself."""
 
-import equinox as eqx
-
 from .._integrate import run
 from .._problem import Problem
-from .._recording import StepsRecorder, TrajectoryRecorder
-from .._saving import assemble_solution, zero_length_time_derivatives
 from .._solution import Solution
-from ..interpolation import DenseInterpolation
 from ._base import AbstractAdjoint
+from ._outputs import output_recorders, plain_records, solution_from_records
 
 
 class DirectAdjoint(AbstractAdjoint):
@@ -35,8 +31,9 @@ class DirectAdjoint(AbstractAdjoint):
       with a batched step-size decision, every iteration up to `max_steps` is
       computed (a batched `lax.cond` runs both branches).
 
-    Values at `SaveAt(ts=...)` are read off the recorded dense output of every step
-    (the solver's own interpolation), which this adjoint stores anyway.
+    Values at `SaveAt(ts=...)` are written as the steps that contain them are
+    taken (`TsRecorder(differentiable=True)`: a bounded loop over the save times
+    within a step), so they cost `len(ts)` values, not a stored dense output.
 
     **Arguments:** none.
 
@@ -48,21 +45,8 @@ class DirectAdjoint(AbstractAdjoint):
     """
 
     def solve(self, problem: Problem) -> Solution:
-        recorders = {}
-        if problem.save_steps:
-            recorders["steps"] = StepsRecorder()
-        if problem.dense or problem.ts is not None:
-            recorders["dense"] = TrajectoryRecorder(
-                interpolation=DenseInterpolation(), solver=problem.solver
-            )
+        recorders = output_recorders(problem, differentiable=True)
         summary, _, records = run(problem, recorders, differentiable=True)
-        trajectory = records.get("dense")
-        ys_at_ts = None if problem.ts is None else trajectory.evaluate(problem.ts)
-        y1, ys_at_ts = zero_length_time_derivatives(problem, summary, ys_at_ts)
-        return assemble_solution(
-            problem,
-            eqx.tree_at(lambda s: s.y, summary, y1),
-            ys_at_ts=ys_at_ts,
-            steps=records.get("steps"),
-            dense=trajectory if problem.dense else None,
+        return solution_from_records(
+            problem, summary, plain_records(records), discrete=True
         )

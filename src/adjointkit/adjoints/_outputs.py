@@ -13,12 +13,15 @@ from .._solution import Solution
 from ..interpolation import DenseInterpolation, Trajectory
 
 
-def output_recorders(problem: Problem) -> dict:
+def output_recorders(problem: Problem, *, differentiable: bool = False) -> dict:
     """What the solve returns, kept as it goes: values at `ts`, at every step, and
-    the dense output."""
+    the dense output. `differentiable`: reverse mode will differentiate the
+    recording itself (`DirectAdjoint`)."""
     recorders = {}
     if problem.ts is not None:
-        recorders["ts"] = TsRecorder(ts=problem.ts, solver=problem.solver)
+        recorders["ts"] = TsRecorder(
+            ts=problem.ts, solver=problem.solver, differentiable=differentiable
+        )
     if problem.save_steps:
         recorders["steps"] = StepsRecorder()
     if problem.dense:
