@@ -108,7 +108,8 @@ def _rtol_help() -> str:
 
 
 # Adaptive runs may take this many steps at most; it sizes the buffers of the
-# adjoints that keep every step (DirectAdjoint, the interpolating ones).
+# adjoints that keep every step (the interpolating ones; DirectAdjoint only for
+# SaveAt(steps=True) or dense output, its loop's memory hardly depends on it).
 ADAPTIVE_MAX_STEPS = 1024
 
 
