@@ -116,7 +116,13 @@ def test_equals_direct_adjoint_backward_in_time(schedule, adaptive):
         assert rel_err(g, e) < TOL_SAME
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize(
+    # Backward in time against DirectAdjoint runs by default
+    # (test_equals_direct_adjoint_backward_in_time); against Diffrax on demand.
+    "backward",
+    [False, pytest.param(True, marks=pytest.mark.slow)],
+    ids=["forward", "backward"],
+)
 def test_equals_diffrax_recursive_checkpoint_adjoint(backward):
     """Diffrax: Tsit5, ConstantStepSize, dt0 = (t1 - t0)/20,
     RecursiveCheckpointAdjoint(checkpoints=8), SaveAt(ts=..., t1=True), float64."""

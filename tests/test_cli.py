@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from adjointkit import __version__, benchmarking as bench
+from adjointkit import __version__, _bounded_loop, benchmarking as bench
 from adjointkit.benchmarking._measure import COUNTS_DIFFERENTIATED_LOOPS
 from adjointkit.cli import main
 
@@ -82,11 +82,20 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
             attempted = row["steps_taken"] + row["rejected_steps"]
             assert row["forward_f_evals"] == 2 + 6 * attempted
             assert _compare._steps_label(row) in table
-        # Checkpointed pullbacks re-evaluate steps; direct ones only transpose.
+        # Checkpointed pullbacks re-evaluate steps; direct ones only transpose a
+        # constant-step scan, and under adaptive steps re-run each attempted step
+        # once per checkpointed level of the bounded loop (`_bounded_loop`).
         if row["adjoint"] == "direct":
             # (Older JAX loses the forward pass's count under jax.grad.)
-            if COUNTS_DIFFERENTIATED_LOOPS:
+            if COUNTS_DIFFERENTIATED_LOOPS and row["rtol"] is None:
                 assert row["backward_f_evals"] == 0
+            elif COUNTS_DIFFERENTIATED_LOOPS:
+                levels = _bounded_loop._levels(
+                    _compare.ADAPTIVE_MAX_STEPS, _bounded_loop.DEFAULT_BASE
+                )
+                per_level = 6 * attempted
+                assert row["backward_f_evals"] % per_level == 0
+                assert 0 < row["backward_f_evals"] <= (levels - 1) * per_level
         else:
             assert row["backward_f_evals"] >= row["forward_f_evals"]
     for plot in ("memory_vs_steps.png", "time_vs_steps.png", "error_vs_time.png"):
