@@ -152,7 +152,8 @@ def diffrax_gradients(direction):
 @pytest.mark.parametrize(
     # Backward in time through DirectAdjoint is also checked against the other
     # adjoints in the default run (tests/test_property.py); this one on demand.
-    "direction", ["forward", pytest.param("backward", marks=pytest.mark.slow)]
+    "direction",
+    ["forward", pytest.param("backward", marks=pytest.mark.slow)],
 )
 def test_gradients_equal_diffrax(direction):
     """Gradients w.r.t. y0, args (dict), t0, t1, the saved values (through their
