@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 # A nonlinear, non-autonomous 3-d test field: y' = A tanh(y) + 0.3 sin(t).
@@ -71,3 +72,33 @@ def gradient_temp_mib(adjoint, num_steps) -> float:
 
     compiled = jax.jit(jax.grad(loss)).lower(w).compile()
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+# --- parameters: which combinations run by default --------------------------------
+
+
+def crossed(first, second, *, fast=None, slow=()):
+    """Every pair of `first` x `second` as a `pytest.param(a, b, id="a-b")`, for
+    `@pytest.mark.parametrize(("a", "b"), ...)`. Each side is a list of names (a
+    name is its own value) or a dict from id to value.
+
+    The default run (DESIGN: 10 minutes on two cores) keeps the pairs that cover a
+    path once: a pair is marked `slow` when its ids are in `slow`, or, given
+    `fast`, when they are not in `fast`.
+    """
+
+    def items(side):
+        return side.items() if isinstance(side, dict) else ((n, n) for n in side)
+
+    return [
+        pytest.param(
+            a,
+            b,
+            id=f"{ia}-{ib}",
+            marks=pytest.mark.slow
+            if (ia, ib) in slow or (fast is not None and (ia, ib) not in fast)
+            else (),
+        )  # fmt: skip
+        for ia, a in items(first)
+        for ib, b in items(second)
+    ]

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import pytest
 
 import adjointkit as ak
-from helpers import A3, BIG, Y3, gradient_temp_mib, rel_err, tanh_field
+from helpers import A3, BIG, Y3, crossed, gradient_temp_mib, rel_err, tanh_field
 
 
 # Same discrete solution differentiated in another order: rounding only, which
@@ -85,8 +85,16 @@ def _grads(adjoint, solve_kind):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(y0, args, 0.0, 1.0, ts)
 
 
-@pytest.mark.parametrize("solve_kind", list(SOLVES))
-@pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
+@pytest.mark.parametrize(
+    ("schedule", "solve_kind"),
+    crossed(
+        {repr(s): s for s in SCHEDULES},
+        list(SOLVES),
+        # A step count known only at run time: the other schedules cover it,
+        # and the property test draws such counts.
+        slow={("AllSteps()", "constant-runtime-N")},
+    ),
+)
 def test_equals_direct_adjoint(schedule, solve_kind):
     """Gradients w.r.t. y0, args, ts (and t0, t1 where traced), through values at
     ts, at every step, the dense output and the final state."""
@@ -96,9 +104,17 @@ def test_equals_direct_adjoint(schedule, solve_kind):
         assert rel_err(g, e) < TOL_SAME
 
 
-@pytest.mark.parametrize("adaptive", [False, True], ids=["constant", "adaptive"])
 @pytest.mark.parametrize(
-    "schedule", [ak.AllSteps(), ak.BinomialCheckpoints(3)], ids=repr
+    ("schedule", "adaptive"),
+    crossed(
+        {repr(s): s for s in (ak.AllSteps(), ak.BinomialCheckpoints(3))},
+        {"constant": False, "adaptive": True},
+        # Backward in time with constant steps: the property test draws it.
+        fast={
+            ("AllSteps()", "adaptive"),
+            ("BinomialCheckpoints(num_checkpoints=3)", "adaptive"),
+        },
+    ),
 )
 def test_equals_direct_adjoint_backward_in_time(schedule, adaptive):
     controller = ak.PIDController(rtol=1e-6, atol=1e-8) if adaptive else None
@@ -162,6 +178,7 @@ def _final_loss(adjoint, y0, args, t1=1.0, dtype=jnp.float64):
     return jnp.sum(sol.ys[-1] ** 2)
 
 
+@pytest.mark.slow  # test_vmap_of_adaptive_solves_gives_per_example_gradients: default
 def test_vmap_gives_per_example_gradients():
     adjoint = ak.CheckpointedAdjoint()
     y0s = jnp.asarray(Y3) * jnp.array([[1.0], [0.5], [-2.0]])

@@ -30,7 +30,17 @@ import pytest
 import scipy.linalg
 
 import adjointkit as ak
-from helpers import A3, BIG, M2, Y2, Y3, gradient_temp_mib, rel_err, tanh_field
+from helpers import (
+    A3,
+    BIG,
+    M2,
+    Y2,
+    Y3,
+    crossed,
+    gradient_temp_mib,
+    rel_err,
+    tanh_field,
+)
 
 
 RTOL = 1e-10
@@ -84,15 +94,34 @@ def _reference(backward):
     return _grads(None, backward)
 
 
-@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
-@pytest.mark.parametrize("name", list(ADJOINTS))
+@pytest.mark.parametrize(
+    ("name", "backward"),
+    crossed(
+        list(ADJOINTS),
+        {"forward": False, "backward": True},
+        # Backward in time by default: backsolve, the one adjoint that re-solves
+        # the primal backward; the others on demand.
+        slow={
+            ("interpolated-dense", "backward"),
+            ("interpolated-dense-every-3", "backward"),
+            ("quadrature-dense", "backward"),
+        },
+    ),
+)
 def test_matches_the_continuous_gradient_to_the_tolerance(name, backward):
     got = _grads(ADJOINTS[name], backward)
     for g, e in zip(got, _reference(backward), strict=True):
         assert rel_err(g, e) < C * RTOL
 
 
-@pytest.mark.parametrize("name", list(HERMITE))
+@pytest.mark.parametrize(
+    # The quadrature shares the interpolation: its case on demand.
+    "name",
+    [
+        "interpolated-hermite",
+        pytest.param("quadrature-hermite-every-4", marks=pytest.mark.slow),
+    ],
+)
 def test_hermite_interpolation_adds_its_own_error(name):
     got = _grads(HERMITE[name])
     for g, e in zip(got, _reference(False), strict=True):
@@ -220,6 +249,7 @@ def _forced_grad(field, adjoint, tol=None, dt0=None, solver=None):
     return grad, (int(stats[-1]["num_steps"]) if stats else None)
 
 
+@pytest.mark.slow  # test_seminorm_can_miss_a_fast_parameter_integrand runs by default
 def test_seminorm_saves_backward_steps_at_equal_accuracy():
     """Where df/dθ varies no faster than the adjoint (frequencies <= 1), leaving the
     150 parameter components out of the error norm saves backward steps, and both

@@ -198,7 +198,11 @@ def central_difference_gradient(fn, x):
     return grad
 
 
-@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize(
+    # Backward in time on demand: test_property checks it against the others.
+    "direction",
+    ["forward", pytest.param("backward", marks=pytest.mark.slow)],
+)
 def test_gradients_match_central_differences(direction):
     """All of the gradient (y0, args, t0, t1, ts, w) is the derivative of the
     computed solution: central differences of the same solve agree."""
@@ -310,6 +314,7 @@ def test_adaptive_gradients_are_those_of_the_accepted_step_pattern():
     assert rel_err(ravel_pytree(adaptive)[0], fd) < TOL_FD
 
 
+@pytest.mark.slow  # exactness under PID: test_adaptive_gradients_equal_checkpointed...
 def test_adaptive_gradients_converge_to_the_continuous_sensitivities():
     """At a tight tolerance the adaptive gradient approaches the exact
     sensitivities of the ODE, which constant-step Dopri8 with 50 steps gives to
@@ -374,6 +379,7 @@ def test_jvp_equals_gradient_dot_tangent():
     assert abs(tangent_out - expected) < TOL_ROUNDING * jnp.linalg.norm(scan_grad)
 
 
+@pytest.mark.slow  # forward mode by default: test_jvp_equals_gradient_dot_tangent
 def test_jacfwd_equals_jacrev():
     """The full Jacobian of the saved values (3 save times and t1, 3 components)
     with respect to y0, args, t0 and t1 is the same in forward and reverse mode."""

@@ -40,6 +40,7 @@ def test_every_example_is_tested():
     }
 
 
+@pytest.mark.slow  # trains for a while; the other examples run by default
 def test_spiral_neural_ode(tmp_path):
     out = _run("spiral_neural_ode.py", tmp_path)
     losses = [float(x) for x in re.findall(r"loss (\S+)", out)]

@@ -27,7 +27,7 @@ import pytest
 import scipy.linalg
 
 import adjointkit as ak
-from helpers import A3, M2, Y2, Y3, rel_err, tanh_field
+from helpers import A3, M2, Y2, Y3, crossed, rel_err, tanh_field
 
 
 ADJOINTS = {
@@ -49,25 +49,6 @@ STEPPING = {
 SAME = 1e-12
 
 
-def cases(names, steppings, fast):
-    """`(adjoint, stepping)` pairs; those not in `fast` are marked `slow`.
-
-    Each case compiles a gradient (seconds on a 2-core CPU), so the default run
-    keeps the cases that cover each code path once (every adjoint, and the
-    stepping on which it failed) and the rest run with `-m slow`.
-    """
-    return [
-        pytest.param(
-            name,
-            stepping,
-            id=f"{name}-{stepping}",
-            marks=() if (name, stepping) in fast else pytest.mark.slow,
-        )  # fmt: skip
-        for name in names
-        for stepping in steppings
-    ]
-
-
 def _solve(f, args, adjoint, stepping, y0=Y3, t0=0.0, t1=1.0, **kwargs):
     return ak.solve(
         f, ak.Tsit5(), t0, t1, jnp.asarray(y0), args, adjoint=adjoint,
@@ -77,13 +58,13 @@ def _solve(f, args, adjoint, stepping, y0=Y3, t0=0.0, t1=1.0, **kwargs):
 
 @pytest.mark.parametrize(
     "name, stepping",
-    cases(
-        ADJOINTS,
-        STEPPING,
-        # The property test covers closures for six more pairs.
+    crossed(
+        list(ADJOINTS),
+        list(STEPPING),
+        # The property test covers closures for six more pairs; the online
+        # checkpoints under PID are binomial-adaptive's.
         fast={
             ("binomial", "adaptive"),
-            ("everyk", "adaptive"),
             ("interpolated_k", "adaptive"),
             ("backsolve", "constant"),
         },
@@ -136,14 +117,12 @@ def _field():
 
 @pytest.mark.parametrize(
     "name, stepping",
-    cases(
-        ADJOINTS,
-        STEPPING,
-        fast={
-            ("direct", "adaptive"),
-            ("allsteps", "constant"),
-            ("quadrature", "adaptive"),
-        },
+    crossed(
+        list(ADJOINTS),
+        list(STEPPING),
+        # The continuous adjoints meet modules with static fields by default in
+        # the property test (its quadrature-adaptive pair).
+        fast={("direct", "adaptive"), ("allsteps", "constant")},
     ),
 )
 def test_equinox_modules_as_args_and_as_closures(name, stepping):
@@ -232,9 +211,9 @@ def test_scalar_state_made_inside_jit(name):
 
 @pytest.mark.parametrize(
     "name, stepping",
-    cases(
-        ADJOINTS,
-        STEPPING,
+    crossed(
+        list(ADJOINTS),
+        list(STEPPING),
         # The property test covers zero length for six pairs; these are the
         # ones that were wrong.
         fast={
@@ -289,9 +268,9 @@ def test_zero_length_solve_derivatives_at_saved_times(name):
 
 @pytest.mark.parametrize(
     "name, stepping",
-    cases(
+    crossed(
         ["direct", "binomial", "backsolve", "quadrature"],
-        STEPPING,
+        list(STEPPING),
         fast={
             ("direct", "constant"),
             ("binomial", "adaptive"),

@@ -44,6 +44,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 import adjointkit as ak
+from helpers import crossed
 
 
 # --- the problem -----------------------------------------------------------------
@@ -115,19 +116,6 @@ DEFAULT_PAIRS = {
     ("backsolve", "constant"),
     ("quadrature", "adaptive"),
 }
-
-
-def pairs(names):
-    return [
-        pytest.param(
-            name,
-            stepping,
-            id=f"{name}-{stepping}",
-            marks=() if (name, stepping) in DEFAULT_PAIRS else pytest.mark.slow,
-        )
-        for name in names
-        for stepping in STEPPINGS
-    ]
 
 
 def saveat(stepping, ts, steps):
@@ -537,7 +525,9 @@ CHECKS = {
 }
 
 
-@pytest.mark.parametrize(("name", "stepping"), pairs(ADJOINTS))
+@pytest.mark.parametrize(
+    ("name", "stepping"), crossed(list(ADJOINTS), STEPPINGS, fast=DEFAULT_PAIRS)
+)
 def test_random_problems(name, stepping):
     """Spec 1, 2 or 3, and 5, on random problems; then spec 4 on random problems
     of zero length. One test item per adjoint and stepping mode, so that

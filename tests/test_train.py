@@ -99,6 +99,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     assert "cannot resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # single-device training and resuming run by default
 def test_sharded_over_four_devices_matches_one(tmp_path):
     """Data parallel: the same steps on 4 CPU devices as on 1. Only the order of
     the sums over the batch (the loss, the gradients) differs, so the losses agree
