@@ -685,8 +685,8 @@ ADAPTIVE_ATTEMPTS = 33
 ADAPTIVE_TS = jnp.asarray([0.7, 3.3, 6.1, 9.2])
 
 
-def adaptive_loss(y0, args, t1, ts, *, adjoint, max_steps):
-    sol = ak.solve(
+def adaptive_solve(y0, args, t1, *, adjoint, max_steps, **options):
+    return ak.solve(
         field,
         ak.Tsit5(),
         0.0,
@@ -695,10 +695,17 @@ def adaptive_loss(y0, args, t1, ts, *, adjoint, max_steps):
         args,
         dt0=1.0,
         controller=ak.PIDController(rtol=3e-7, atol=3e-7),
-        saveat=ak.SaveAt(ts=ts, t1=True),
         adjoint=adjoint,
         max_steps=max_steps,
+        **options,
     )
+
+
+def adaptive_loss(y0, args, t1, ts, *, adjoint, max_steps):
+    sol = adaptive_solve(
+        y0, args, t1, adjoint=adjoint, max_steps=max_steps,
+        saveat=ak.SaveAt(ts=ts, t1=True),
+    )  # fmt: skip
     return jnp.sum(jnp.sin(sol.ys)), sol.stats["num_steps"]
 
 
@@ -748,19 +755,10 @@ def test_adaptive_max_steps_is_honoured_exactly():
     y0, args = jnp.asarray(Y3), default_args()
 
     def attempt(max_steps):
-        sol = ak.solve(
-            field,
-            ak.Tsit5(),
-            0.0,
-            ADAPTIVE_T1,
-            y0,
-            args,
-            dt0=1.0,
-            controller=ak.PIDController(rtol=3e-7, atol=3e-7),
-            adjoint=ak.DirectAdjoint(),
-            max_steps=max_steps,
+        sol = adaptive_solve(
+            y0, args, ADAPTIVE_T1, adjoint=ak.DirectAdjoint(), max_steps=max_steps,
             throw=False,
-        )
+        )  # fmt: skip
         return sol.result, int(sol.stats["num_steps"])
 
     for max_steps in (30, ADAPTIVE_ATTEMPTS - 1):
