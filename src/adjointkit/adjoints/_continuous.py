@@ -44,7 +44,7 @@ from ..checkpointing import (
     default_num_checkpoints,
 )
 from ..checkpointing._plan import CheckpointPlan
-from ..checkpointing._store import CheckpointRecorder
+from ..checkpointing._store import CheckpointRecorder, kept_in_order
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
@@ -497,9 +497,7 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
     stepper = make_stepper(problem).replaying(internal.get("_decisions"))
     plan = segment_plan(spec.checkpoints, problem)
     capacity = segment_capacity(plan, problem.max_steps)
-    big = jnp.iinfo(jnp.int32).max
-    order = jnp.argsort(jnp.where(positions >= 0, positions, big)).astype(jnp.int32)
-    starts = jnp.where(positions[order] >= 0, positions[order], big)
+    starts, slots, _ = kept_in_order(positions)
     recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
     f_like = eqx.filter_eval_shape(lambda p: stepper.init(p).f, problem)
     dense_like = _dense_like(problem, f_like)
@@ -509,7 +507,7 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
         i = jnp.searchsorted(starts, end - capacity, side="left")
         i = jnp.minimum(i, starts.shape[0] - 1)
         start = jnp.where(num_steps == 0, 0, starts[i])
-        kept = jtu.tree_map(lambda buf: buf[order[i]], states)
+        kept = jtu.tree_map(lambda buf: buf[slots[i]], states)
         # A solve that took no step kept no checkpoint: start from t0 itself
         # (evaluated only then: the start of an adaptive solve costs two
         # evaluations of f).

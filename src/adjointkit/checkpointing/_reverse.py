@@ -12,6 +12,7 @@ from jaxtyping import Array, Int, PyTree
 from .._tree import tree_where
 from ._binomial import beta_table, split, split_jnp
 from ._plan import CheckpointPlan
+from ._store import kept_in_order
 
 
 class _Machine(eqx.Module):
@@ -84,10 +85,7 @@ def reverse_steps(
         seg_start = seg_slot = jnp.zeros((1,), jnp.int32)
         num_segments = jnp.asarray(0, jnp.int32)
     else:
-        big = jnp.iinfo(jnp.int32).max
-        order = jnp.argsort(jnp.where(positions >= 0, positions, big)).astype(jnp.int32)
-        seg_start, seg_slot = positions[order], order
-        num_segments = jnp.sum(positions >= 0).astype(jnp.int32)
+        seg_start, seg_slot, num_segments = kept_in_order(positions)
         top = jnp.asarray(0, jnp.int32)
 
     machine = _Machine(

@@ -72,3 +72,15 @@ class CheckpointRecorder(AbstractRecorder):
             "checkpoints are kept for the backward pass, not returned: there is "
             "nothing to pull back through them."
         )
+
+
+def kept_in_order(positions):
+    """The kept states of a `CheckpointRecorder` record in step order: `(starts,
+    slots, count)`, where `starts[i]` is the step of the i-th kept state (the
+    int32 maximum past `count`, so that `starts` stays sorted) and `slots[i]` the
+    slot holding it."""
+    big = jnp.iinfo(jnp.int32).max
+    keyed = jnp.where(positions >= 0, positions, big)
+    slots = jnp.argsort(keyed).astype(jnp.int32)
+    count = jnp.sum(positions >= 0).astype(jnp.int32)
+    return keyed[slots], slots, count
