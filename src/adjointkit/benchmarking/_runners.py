@@ -24,6 +24,14 @@ def _solver(library, name: str):
     )()
 
 
+def _field_and_args(problem: BenchProblem, params, closure: bool):
+    """`(f, args)` for a solve: the parameters passed as `args`, or (`closure`)
+    closed over by `f`, as in an Equinox model whose weights are its fields."""
+    if closure:
+        return (lambda t, y, args: problem.f(t, y, params)), None
+    return problem.f, params
+
+
 def adjointkit_solve(
     problem: BenchProblem,
     params,
@@ -31,23 +39,26 @@ def adjointkit_solve(
     rtol: float | None = None,
     *,
     solver: str = "tsit5",
+    closure: bool = False,
     **options,
 ):
     """`problem` solved by adjointkit: `steps` constant steps, or, with `rtol`,
-    adaptive steps (at most `steps`). `options` go to `solve`."""
+    adaptive steps (at most `steps`). `closure`: `f` closes over `params`
+    instead of taking them as `args`. `options` go to `solve`."""
     import adjointkit as ak
 
     if rtol is None:
         step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
     else:
         step_options = dict(controller=ak.PIDController(rtol=rtol, atol=rtol))
+    f, args = _field_and_args(problem, params, closure)
     return ak.solve(
-        problem.f,
+        f,
         _solver(ak, solver),
         problem.t0,
         problem.t1,
         problem.y0,
-        params,
+        args,
         max_steps=steps,
         **step_options,
         **options,
@@ -61,13 +72,20 @@ def adjointkit_loss(
     rtol: float | None = None,
     *,
     solver: str = "tsit5",
+    closure: bool = False,
 ) -> Callable:
     """`params -> (loss, f-evaluations)` with adjointkit: `steps` constant steps,
     or, with `rtol`, adaptive steps (at most `steps`)."""
 
     def loss(params):
         sol = adjointkit_solve(
-            problem, params, steps, rtol, solver=solver, adjoint=adjoint
+            problem,
+            params,
+            steps,
+            rtol,
+            solver=solver,
+            closure=closure,
+            adjoint=adjoint,
         )
         return problem.loss(sol.ys[-1]), sol.stats["num_f_evals"]
 
@@ -81,10 +99,12 @@ def diffrax_solve(
     rtol: float | None = None,
     *,
     solver: str = "tsit5",
+    closure: bool = False,
     **options,
 ):
     """`problem` solved by Diffrax: `steps` constant steps, or, with `rtol`,
-    adaptive steps (at most `steps`). `options` go to `diffeqsolve`.
+    adaptive steps (at most `steps`), with `params` as `args` or (`closure`)
+    closed over by `f`. `options` go to `diffeqsolve`.
 
     `dt0 = (t1 - t0) / steps` divides the interval exactly, so Diffrax's constant
     grid (a first step of `dt0`, then equal steps) is adjointkit's.
@@ -95,14 +115,15 @@ def diffrax_solve(
         dt0, controller = (problem.t1 - problem.t0) / steps, diffrax.ConstantStepSize()
     else:
         dt0, controller = None, diffrax.PIDController(rtol=rtol, atol=rtol)
+    f, args = _field_and_args(problem, params, closure)
     return diffrax.diffeqsolve(
-        diffrax.ODETerm(problem.f),
+        diffrax.ODETerm(f),
         _solver(diffrax, solver),
         problem.t0,
         problem.t1,
         dt0,
         problem.y0,
-        params,
+        args,
         stepsize_controller=controller,
         max_steps=steps,
         **options,
@@ -116,13 +137,20 @@ def diffrax_loss(
     rtol: float | None = None,
     *,
     solver: str = "tsit5",
+    closure: bool = False,
 ) -> Callable:
     """`params -> (loss, f-evaluations)` with Diffrax: `steps` constant steps, or,
     with `rtol`, adaptive steps (at most `steps`)."""
 
     def loss(params):
         sol = diffrax_solve(
-            problem, params, steps, rtol, solver=solver, adjoint=adjoint
+            problem,
+            params,
+            steps,
+            rtol,
+            solver=solver,
+            closure=closure,
+            adjoint=adjoint,
         )
         # Diffrax reports no evaluation count. For an FSAL method of s stages
         # (Tsit5, Dopri5: 7; Bosh3: 4), one plus s - 1 per attempted step is what
