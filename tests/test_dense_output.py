@@ -140,7 +140,8 @@ def test_interpolate_at_step_ends(cls):
     t0, t1 = jnp.asarray(0.3), jnp.asarray(0.55)
     y0 = Y0_WARPED
     f0 = solver.init(warped_field, t0, y0, None)
-    y1, _, dense_info, _ = solver.step(warped_field, t0, t1, y0, None, f0)
+    out = solver.step(warped_field, t0, t1, y0, None, f0)
+    y1, dense_info = out.y1, out.dense_info
 
     def at(t):
         return solver.interpolate(t0, t1, y0, dense_info, t)
@@ -255,7 +256,7 @@ def one_step_data(solver, t0, t1):
     y1 = warped_exact(Y0_WARPED, 0.0, t1)
     f0 = warped_field(t0, y0, None)
     f1 = warped_field(t1, y1, None)
-    _, _, dense_info, _ = solver.step(warped_field, t0, t1, y0, None, f0)
+    dense_info = solver.step(warped_field, t0, t1, y0, None, f0).dense_info
     return (y0, f0), (y1, f1), dense_info
 
 
@@ -348,7 +349,8 @@ def test_hermite_solvers_interpolate_as_hermite_interpolation(cls):
     t0, t1 = jnp.asarray(0.3), jnp.asarray(0.55)
     y0 = Y0_WARPED
     f0 = solver.init(warped_field, t0, y0, None)
-    y1, _, dense_info, f1 = solver.step(warped_field, t0, t1, y0, None, f0)
+    out = solver.step(warped_field, t0, t1, y0, None, f0)
+    y1, dense_info, f1 = out.y1, out.dense_info, out.state
     ts = t0 + jnp.linspace(0.0, 1.0, 7) * (t1 - t0)
 
     own = jax.vmap(lambda t: solver.interpolate(t0, t1, y0, dense_info, t))(ts)

@@ -23,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
 from ._bounded_loop import bounded_while_loop
@@ -31,19 +32,41 @@ from ._recording import AbstractRecorder, DecisionRecorder, StepRecord
 from ._solution import RESULTS
 from ._tree import tree_all_finite, tree_where
 from .controllers._constant import grid_time
+from .solvers import AbstractSolver
+from .solvers._base import SolverStep
 
 
 class GridState(eqx.Module):
-    """Where a `GridStepper` is: before step `n`, at `(y, f(t_n, y))`."""
+    """Where a `GridStepper` is: before step `n`, at `y`, with the solver's
+    carried state `f` there (`solver.func(f)` is `f(t_n, y)`), the evaluations
+    counted so far and whether every step so far could be computed."""
 
     n: Int[Array, ""]
     y: PyTree
     f: PyTree
+    evals: "Evals"
+    result: RESULTS
+
+
+class Evals(eqx.Module):
+    """Evaluations of `f` and of its Jacobian made by the steps of a run."""
+
+    f: Int[Array, ""]
+    jac: Int[Array, ""]
+
+    @staticmethod
+    def zero() -> "Evals":
+        zero = jnp.asarray(0, jnp.int32)
+        return Evals(f=zero, jac=zero)
+
+    def add(self, step: SolverStep) -> "Evals":
+        return Evals(f=self.f + step.num_f_evals, jac=self.jac + step.num_jac_evals)
 
 
 class ControlledState(eqx.Module):
-    """Where a `ControlledStepper` is: at `(t, y)`, about to attempt a step to
-    `tnext`, after `num_steps` attempts of which `num_accepted` were accepted."""
+    """Where a `ControlledStepper` is: at `(t, y)` with the solver's carried state
+    `f`, about to attempt a step to `tnext`, after `num_steps` attempts of which
+    `num_accepted` were accepted."""
 
     t: Real[Array, ""]
     tnext: Real[Array, ""]
@@ -53,6 +76,7 @@ class ControlledState(eqx.Module):
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
     result: RESULTS
+    evals: Evals
 
 
 class Summary(eqx.Module):
@@ -62,6 +86,7 @@ class Summary(eqx.Module):
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
     result: RESULTS
+    evals: Evals
 
 
 def _end_tolerance(problem: Problem):
@@ -76,14 +101,25 @@ def _clip_to_end(problem: Problem, tnext):
     return jnp.where(tnext >= problem.t1 - _end_tolerance(problem), problem.t1, tnext)
 
 
+def configured_solver(problem: Problem) -> AbstractSolver:
+    """The problem's solver, configured for its controller (tolerances)."""
+    return problem.solver.with_controller(problem.controller)
+
+
 class GridStepper(eqx.Module):
     """`problem.num_steps` equal steps over `[t0, t1]`, as a scan."""
 
     def init(self, problem: Problem) -> GridState:
-        f0 = problem.solver.init(
+        f0 = configured_solver(problem).init(
             problem.vector_field, problem.t0, problem.y0, problem.args
         )
-        return GridState(n=jnp.asarray(0, jnp.int32), y=problem.y0, f=f0)
+        return GridState(
+            n=jnp.asarray(0, jnp.int32),
+            y=problem.y0,
+            f=f0,
+            evals=Evals.zero(),
+            result=RESULTS.successful,
+        )
 
     def advance(
         self, problem: Problem, state: GridState
@@ -92,23 +128,30 @@ class GridStepper(eqx.Module):
         n, num_steps = state.n, problem.num_steps
         ta = grid_time(problem.t0, problem.t1, n, num_steps)
         tb = grid_time(problem.t0, problem.t1, n + 1, num_steps)
-        y1, _, dense_info, f1 = problem.solver.step(
-            problem.vector_field, ta, tb, state.y, problem.args, state.f
-        )
+        solver = configured_solver(problem)
+        out = solver.step(problem.vector_field, ta, tb, state.y, problem.args, state.f)
         step = StepRecord(
             attempt=n,
             index=n,
             t0=ta,
             t1=tb,
             y0=state.y,
-            y1=y1,
-            f0=state.f,
-            f1=f1,
-            dense_info=dense_info,
+            y1=out.y1,
+            f0=solver.func(state.f),
+            f1=solver.func(out.state),
+            dense_info=out.dense_info,
             accepted=jnp.array(True),
             state=state,
         )
-        return GridState(n=n + 1, y=y1, f=f1), step
+        # A step that could not be computed ends the solve with its cause (a
+        # constant step cannot be retried shorter).
+        result = RESULTS.where(
+            state.result == RESULTS.successful, out.result, state.result
+        )
+        new_state = GridState(
+            n=n + 1, y=out.y1, f=out.state, evals=state.evals.add(out), result=result
+        )
+        return new_state, step
 
     def num_attempts(self, problem: Problem) -> int:
         return min(problem.num_steps, problem.max_steps)
@@ -125,7 +168,7 @@ class GridStepper(eqx.Module):
     def checkpoint(self, state: GridState) -> GridState:
         """What a checkpoint keeps: the step number and `y`. (`f` is one
         evaluation away, and would double the memory of every checkpoint.)"""
-        return GridState(n=state.n, y=state.y, f=None)
+        return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
 
     def time(self, problem: Problem, state: GridState) -> Real[Array, ""]:
         return grid_time(problem.t0, problem.t1, state.n, problem.num_steps)
@@ -137,22 +180,25 @@ class GridStepper(eqx.Module):
         """The state a checkpoint was taken from (bit for bit: `f` is recomputed
         exactly as the step that produced it computed it)."""
         t = grid_time(problem.t0, problem.t1, kept.n, problem.num_steps)
-        f = problem.solver.init(problem.vector_field, t, kept.y, problem.args)
-        return GridState(n=kept.n, y=kept.y, f=f)
+        f = configured_solver(problem).init(
+            problem.vector_field, t, kept.y, problem.args
+        )
+        return eqx.tree_at(lambda s: s.f, kept, f, is_leaf=lambda x: x is None)
 
     def summary(self, problem: Problem, state: GridState) -> Summary:
         n_run = self.num_attempts(problem)
-        result = (
-            RESULTS.successful
-            if n_run == problem.num_steps
-            else RESULTS.max_steps_reached
-        )
+        result = state.result
+        if n_run != problem.num_steps:
+            result = RESULTS.where(
+                result == RESULTS.successful, RESULTS.max_steps_reached, result
+            )
         count = jnp.asarray(n_run, jnp.int32)
         return Summary(
             y=state.y,
             num_steps=count,
             num_accepted=count,
             result=result,
+            evals=state.evals,
         )
 
 
@@ -180,16 +226,17 @@ class ControlledStepper(eqx.Module):
 
     def init(self, problem: Problem) -> ControlledState:
         vf = problem.vector_field
-        f0 = problem.solver.init(vf, problem.t0, problem.y0, problem.args)
+        solver = configured_solver(problem)
+        f0 = solver.init(vf, problem.t0, problem.y0, problem.args)
         tnext, controller_state = problem.controller.init(
             vf,
-            problem.solver,
+            solver,
             problem.t0,
             problem.t1,
             problem.y0,
             problem.args,
             problem.dt0,
-            f0,
+            solver.func(f0),
         )
         zero = jnp.asarray(0, jnp.int32)
         return ControlledState(
@@ -201,16 +248,26 @@ class ControlledStepper(eqx.Module):
             num_steps=zero,
             num_accepted=zero,
             result=RESULTS.successful,
+            evals=Evals.zero(),
         )
 
     def advance(
         self, problem: Problem, state: ControlledState
     ) -> tuple[ControlledState, StepRecord]:
         """Attempt one step from `state.t` to `state.tnext`; accept or reject it."""
-        solver, controller = problem.solver, problem.controller
-        y1, y_error, dense_info, f1 = solver.step(
+        solver, controller = configured_solver(problem), problem.controller
+        out = solver.step(
             problem.vector_field, state.t, state.tnext, state.y, problem.args, state.f
         )
+        y1, y_error = out.y1, out.y_error
+        step_failed = out.result != RESULTS.successful
+        if controller.adaptive and y_error is not None:
+            # A step the solver could not compute (a Newton iteration that did
+            # not converge) is rejected and retried shorter: an infinite error
+            # makes the controller shrink the step as much as it may.
+            y_error = jtu.tree_map(
+                lambda e: jnp.where(step_failed, jnp.inf, e), y_error
+            )
         if self.decisions is None:
             accept, next_t0, proposed, controller_state, failed = controller.adapt(
                 state.t,
@@ -252,6 +309,7 @@ class ControlledStepper(eqx.Module):
                 RESULTS.step_size_too_small,
                 RESULTS.nonfinite_state,
             )
+            cause = RESULTS.where(step_failed, out.result, cause)
             result = RESULTS.where(
                 ((failed & not_finished) | stuck) & (result == RESULTS.successful),
                 cause,
@@ -264,9 +322,9 @@ class ControlledStepper(eqx.Module):
             t1=state.tnext,
             y0=state.y,
             y1=y1,
-            f0=state.f,
-            f1=f1,
-            dense_info=dense_info,
+            f0=solver.func(state.f),
+            f1=solver.func(out.state),
+            dense_info=out.dense_info,
             accepted=accept,
             state=state,
             proposed_tnext=proposed,
@@ -275,11 +333,12 @@ class ControlledStepper(eqx.Module):
             t=next_t0,
             tnext=next_tnext,
             y=tree_where(accept, y1, state.y),
-            f=tree_where(accept, f1, state.f),
+            f=tree_where(accept, out.state, state.f),
             controller_state=controller_state,
             num_steps=state.num_steps + 1,
             num_accepted=state.num_accepted + accept.astype(jnp.int32),
             result=result,
+            evals=state.evals.add(out),
         )
         return new_state, step
 
@@ -295,7 +354,9 @@ class ControlledStepper(eqx.Module):
         return state.num_accepted
 
     def restore(self, problem: Problem, kept: ControlledState) -> ControlledState:
-        f = problem.solver.init(problem.vector_field, kept.t, kept.y, problem.args)
+        f = configured_solver(problem).init(
+            problem.vector_field, kept.t, kept.y, problem.args
+        )
         return eqx.tree_at(lambda s: s.f, kept, f, is_leaf=lambda x: x is None)
 
     def not_done(self, problem: Problem, state: ControlledState) -> Bool[Array, ""]:
@@ -312,6 +373,7 @@ class ControlledStepper(eqx.Module):
             num_steps=state.num_steps,
             num_accepted=state.num_accepted,
             result=RESULTS.where(unfinished, RESULTS.max_steps_reached, state.result),
+            evals=state.evals,
         )
 
 
@@ -321,12 +383,13 @@ def make_stepper(problem: Problem) -> GridStepper | ControlledStepper:
 
 
 def _dense_like(problem: Problem, f0: PyTree) -> PyTree:
-    """The structure of the solver's `dense_info`, without computing a step."""
+    """The structure of the solver's `dense_info`, without computing a step
+    (`f0`: the solver's carried state)."""
     t0 = problem.t0
     return jax.eval_shape(
-        lambda f: problem.solver.step(
-            problem.vector_field, t0, t0, problem.y0, problem.args, f
-        )[2],
+        lambda f: configured_solver(problem)
+        .step(problem.vector_field, t0, t0, problem.y0, problem.args, f)
+        .dense_info,
         f0,
     )
 
@@ -336,8 +399,9 @@ def init_records(
 ) -> dict[str, PyTree]:
     """Every recorder's empty record."""
     dense_like = _dense_like(problem, f0)
+    func = configured_solver(problem).func(f0)
     return {
-        name: rec.init(problem.t0, problem.y0, f0, dense_like, problem.capacity)
+        name: rec.init(problem.t0, problem.y0, func, dense_like, problem.capacity)
         for name, rec in recorders.items()
     }
 
@@ -428,11 +492,10 @@ def run(
     return summary, state, records
 
 
-def num_f_evals(problem: Problem, num_steps: Int[Array, ""]) -> Int[Array, ""]:
-    """Evaluations of `f` a run of `num_steps` attempts made: the initial one, the
-    initial-step probe of an adaptive controller choosing `dt0`, and the solver's
-    per-step cost."""
+def num_f_evals(problem: Problem, summary: Summary) -> Int[Array, ""]:
+    """Evaluations of `f` a run made: the initial one, the initial-step probe of
+    an adaptive controller choosing `dt0`, and those its steps counted."""
     extra = 1
     if problem.controller.adaptive and problem.dt0 is None:
         extra += 1
-    return extra + num_steps * problem.solver.evals_per_step
+    return extra + summary.evals.f

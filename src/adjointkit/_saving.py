@@ -111,8 +111,10 @@ def assemble_solution(
         "num_steps": summary.num_steps,
         "num_accepted_steps": summary.num_accepted,
         "num_rejected_steps": summary.num_steps - summary.num_accepted,
-        "num_f_evals": num_f_evals(problem, summary.num_steps),
+        "num_f_evals": num_f_evals(problem, summary),
     }
+    if problem.solver.evaluates_jacobian:
+        stats["num_jac_evals"] = summary.evals.jac
     if extra_stats:
         stats.update(extra_stats)
     return Solution(

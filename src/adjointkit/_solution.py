@@ -15,6 +15,9 @@ class RESULTS(eqx.Enumeration):
     - `nonfinite_state`: the state became NaN or infinite.
     - `step_size_too_small`: the controller could not meet its tolerance with a
       step above `dtmin` (or the floating-point limit).
+    - `nonlinear_solve_failed`: an implicit solver's Newton iteration did not
+      converge (a step that fails is rejected and retried shorter; this is the
+      outcome when that cannot help).
 
     With `solve(..., throw=True)` (the default) any value but `successful` raises
     an error carrying its message; with `throw=False` it is returned in
@@ -34,6 +37,12 @@ class RESULTS(eqx.Enumeration):
     step_size_too_small = (
         "The step size fell below `dtmin` or the floating-point limit: the error "
         "tolerance could not be met. The problem may be stiff or singular."
+    )
+    nonlinear_solve_failed = (
+        "The implicit solver's Newton iteration did not converge, even on steps "
+        "shrunk by the controller (with constant steps: on a step of the given size). "
+        "Use a smaller `dt0`, looser Newton tolerances, or check `f` for "
+        "discontinuities or a singular Jacobian."
     )
 
 

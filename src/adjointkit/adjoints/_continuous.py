@@ -48,6 +48,7 @@ from ..checkpointing._store import CheckpointRecorder, kept_in_order
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
+from ..solvers._base import SolverStep
 from ._outputs import output_recorders, plain_records, tree_add, zeros_where_none
 
 
@@ -117,7 +118,7 @@ def _result_message(code) -> str:
 
 
 _RESULT_NAMES = ("successful", "max_steps_reached", "nonfinite_state")
-_RESULT_NAMES += ("step_size_too_small",)
+_RESULT_NAMES += ("step_size_too_small", "nonlinear_solve_failed")
 
 
 def _report(stats: dict):
@@ -176,9 +177,14 @@ class _QuadratureSolver(AbstractSolver):
         return self.base.error_order
 
     @property
-    def evals_per_step(self) -> int:
-        # Each quadrature point is one evaluation of f with its VJP.
-        return self.base.evals_per_step + 2 * self.order_high - 1
+    def evaluates_jacobian(self) -> bool:
+        return self.base.evaluates_jacobian
+
+    def with_controller(self, controller) -> "_QuadratureSolver":
+        return eqx.tree_at(lambda s: s.base, self, self.base.with_controller(controller))
+
+    def func(self, state):
+        return AdjointState(None, self.base.func(state.a), state.a_params)
 
     @staticmethod
     def _a_only(f):
@@ -202,14 +208,21 @@ class _QuadratureSolver(AbstractSolver):
         return total
 
     def step(self, f, t0, t1, y0, args, state):
-        a1, a_error, dense_info, f_a1 = self.base.step(
-            self._a_only(f), t0, t1, y0.a, args, state.a
+        out = self.base.step(self._a_only(f), t0, t1, y0.a, args, state.a)
+        high = self._quadrature(t0, t1, y0.a, out.dense_info, self.order_high)
+        low = self._quadrature(t0, t1, y0.a, out.dense_info, self.order_high - 1)
+        y1 = AdjointState(None, out.y1, tree_add(y0.a_params, high))
+        error = AdjointState(None, out.y_error, jtu.tree_map(jnp.subtract, high, low))
+        return SolverStep(
+            y1=y1,
+            y_error=error,
+            dense_info=out.dense_info,
+            state=AdjointState(None, out.state, state.a_params),
+            result=out.result,
+            # Each quadrature point is one evaluation of f with its VJP.
+            num_f_evals=out.num_f_evals + 2 * self.order_high - 1,
+            num_jac_evals=out.num_jac_evals,
         )
-        high = self._quadrature(t0, t1, y0.a, dense_info, self.order_high)
-        low = self._quadrature(t0, t1, y0.a, dense_info, self.order_high - 1)
-        y1 = AdjointState(None, a1, tree_add(y0.a_params, high))
-        error = AdjointState(None, a_error, jtu.tree_map(jnp.subtract, high, low))
-        return y1, error, dense_info, AdjointState(None, f_a1, state.a_params)
 
     def interpolate(self, t0, t1, y0, dense_info, t):
         # Only `a` has a continuous extension; the running integral is reported at
@@ -323,7 +336,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
                 s_to,
                 c.num_steps + summary.num_steps,
                 c.num_accepted + summary.num_accepted,
-                c.num_f_evals + num_f_evals(backward, summary.num_steps),
+                c.num_f_evals + num_f_evals(backward, summary),
                 RESULTS.where(c.result == RESULTS.successful, summary.result, c.result),
             ),
         )
@@ -520,7 +533,8 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
         recorder = eqx.tree_at(
             lambda r: r.offset, recorder_like, stepper.accepted(state)
         )
-        record = recorder.init(t_start, state.y, state.f, dense_like, capacity)
+        func = problem.solver.with_controller(problem.controller).func(state.f)
+        record = recorder.init(t_start, state.y, func, dense_like, capacity)
         _, records = replay_recording(
             problem, stepper, state, end - start, {"t": recorder}, {"t": record}
         )

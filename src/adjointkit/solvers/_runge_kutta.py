@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, PyTree, Real
 
 from .._tree import tree_lincomb, tree_stack
-from ._base import AbstractSolver
+from ._base import AbstractSolver, SolverStep, explicit_step
 from ._tableau import ButcherTableau
 
 
@@ -53,7 +53,7 @@ class AbstractExplicitRungeKutta(AbstractSolver):
         y0: PyTree,
         args: PyTree,
         state,
-    ):
+    ) -> SolverStep:
         tab = self.tableau
         h = t1 - t0
         ks = [state]
@@ -77,7 +77,7 @@ class AbstractExplicitRungeKutta(AbstractSolver):
         else:
             y_error = tree_lincomb(None, h, tab.b_error, ks[: tab.num_stages])
         dense_info = tree_stack(ks)
-        return y1, y_error, dense_info, f1
+        return explicit_step(y1, y_error, dense_info, f1, self.evals_per_step)
 
     def interpolate(
         self,
