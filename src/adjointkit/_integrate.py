@@ -387,9 +387,11 @@ def _dense_like(problem: Problem, f0: PyTree) -> PyTree:
     (`f0`: the solver's carried state)."""
     t0 = problem.t0
     return jax.eval_shape(
-        lambda f: configured_solver(problem)
-        .step(problem.vector_field, t0, t0, problem.y0, problem.args, f)
-        .dense_info,
+        lambda f: (
+            configured_solver(problem)
+            .step(problem.vector_field, t0, t0, problem.y0, problem.args, f)
+            .dense_info
+        ),
         f0,
     )
 

@@ -181,7 +181,9 @@ class _QuadratureSolver(AbstractSolver):
         return self.base.evaluates_jacobian
 
     def with_controller(self, controller) -> "_QuadratureSolver":
-        return eqx.tree_at(lambda s: s.base, self, self.base.with_controller(controller))
+        return eqx.tree_at(
+            lambda s: s.base, self, self.base.with_controller(controller)
+        )
 
     def func(self, state):
         return AdjointState(None, self.base.func(state.a), state.a_params)
