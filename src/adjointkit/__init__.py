@@ -46,5 +46,6 @@ from .solvers import (
     Kvaerno5 as Kvaerno5,
     Midpoint as Midpoint,
     Ralston as Ralston,
+    Rodas5 as Rodas5,
     Tsit5 as Tsit5,
 )

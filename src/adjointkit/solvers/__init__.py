@@ -21,6 +21,11 @@ from ._kvaerno import (
     Kvaerno3 as Kvaerno3,
     Kvaerno5 as Kvaerno5,
 )
+from ._rosenbrock import (
+    AbstractRosenbrock as AbstractRosenbrock,
+    Rodas5 as Rodas5,
+    RosenbrockTableau as RosenbrockTableau,
+)
 from ._runge_kutta import AbstractExplicitRungeKutta as AbstractExplicitRungeKutta
 from ._tableau import ButcherTableau as ButcherTableau
 from ._tsit5 import Tsit5 as Tsit5
