@@ -118,7 +118,7 @@ class AbstractImplicitRungeKutta(AbstractSolver):
     converge makes the step fail with `RESULTS.nonlinear_solve_failed`: the loop
     rejects it and an adaptive controller retries it shorter.
 
-    **Arguments** (the Newton iteration's):
+    **Arguments:** (the settings of the stage iterations)
 
     - `rtol`, `atol`: tolerances of the stage solves, in the norm the step-size
       controller uses. `None` (default): the controller's own `rtol`/`atol`; with

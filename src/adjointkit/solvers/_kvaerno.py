@@ -18,8 +18,13 @@ _implicit_euler = ImplicitTableau(
 
 class ImplicitEuler(AbstractImplicitRungeKutta):
     """Implicit (backward) Euler: first order, L-stable, with an error estimate
-    from the trapezoidal rule. See `AbstractImplicitRungeKutta` for the Newton
-    settings."""
+    from the trapezoidal rule. For stiff problems at loose tolerances, or as a
+    baseline.
+
+    **Arguments:** `rtol`, `atol`, `kappa`, `max_iterations`, `max_refreshes`,
+    the stage iterations' settings (all optional; see
+    `AbstractImplicitRungeKutta`).
+    """
 
     tableau = _implicit_euler
 
@@ -53,8 +58,12 @@ _kvaerno3 = ImplicitTableau(
 class Kvaerno3(AbstractImplicitRungeKutta):
     """Kværnø's 3(2) method: a stiffly accurate, L-stable ESDIRK of order 3 with
     an embedded order-2 estimate; 4 stages (3 implicit), first same as last.
-    (A. Kværnø, BIT 44, 2004.) See `AbstractImplicitRungeKutta` for the Newton
-    settings."""
+    (A. Kværnø, BIT 44, 2004.)
+
+    **Arguments:** `rtol`, `atol`, `kappa`, `max_iterations`, `max_refreshes`,
+    the stage iterations' settings (all optional; see
+    `AbstractImplicitRungeKutta`).
+    """
 
     tableau = _kvaerno3
 
@@ -106,7 +115,11 @@ _kvaerno5 = ImplicitTableau(
 class Kvaerno5(AbstractImplicitRungeKutta):
     """Kværnø's 5(4) method: a stiffly accurate, L-stable ESDIRK of order 5 with
     an embedded order-4 estimate; 7 stages (6 implicit), first same as last.
-    (A. Kværnø, BIT 44, 2004.) See `AbstractImplicitRungeKutta` for the Newton
-    settings."""
+    (A. Kværnø, BIT 44, 2004.)
+
+    **Arguments:** `rtol`, `atol`, `kappa`, `max_iterations`, `max_refreshes`,
+    the stage iterations' settings (all optional; see
+    `AbstractImplicitRungeKutta`).
+    """
 
     tableau = _kvaerno5

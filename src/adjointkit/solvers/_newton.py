@@ -3,10 +3,11 @@ exact pullback by the implicit-function theorem.
 
 A diagonally implicit stage solves `k = F(k) = f(t, base + hγ k, args)` for the
 stage derivative `k`. The Newton matrix `M = I - hγ J` uses the Jacobian `J` of
-`f` at the step's start, factorised once (lineax's LU) and reused by every stage
-and iteration of the step (chord, or simplified Newton, iteration; E. Hairer and
-G. Wanner, *Solving Ordinary Differential Equations II*, 2nd ed., Springer 1996,
-section IV.8, whose stopping test is used here).
+`f` at the step's start, factorised once (LAPACK's LU through
+`jax.scipy.linalg.lu_factor`) and reused by every stage and iteration of the step
+(chord, or simplified Newton, iteration; E. Hairer and G. Wanner, *Solving
+Ordinary Differential Equations II*, 2nd ed., Springer 1996, section IV.8, whose
+stopping test is used here).
 
 Reverse mode never differentiates the iterations. At the root, `k = F(k, p)` for
 inputs `p`, so the pullback of a cotangent `k̄` is `p̄ = (∂F/∂p)^T λ` with
@@ -25,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.lax as lax
 import jax.numpy as jnp
+import jax.scipy as jsp
 import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Real
@@ -55,28 +57,18 @@ def flat_field(f: Callable, args: PyTree, unravel: Callable) -> Callable:
 
 
 def factorise(matrix: Real[Array, "n n"]):
-    """The arrays of lineax's LU factorisation of `matrix` (a loop can carry
-    them; `lu_solve` rebuilds the solver state around them)."""
-    state = lx.LU().init(lx.MatrixLinearOperator(matrix), {})
-    return state[0]
+    """The LU factorisation of `matrix` with partial pivoting, as the arrays
+    `(lu, pivots)` that a loop can carry.
+
+    It is the factorisation lineax's `LU` solver makes (both call
+    `jax.scipy.linalg.lu_factor`); it is called directly because lineax's solver
+    state around it is not a stable interface across lineax versions."""
+    return jsp.linalg.lu_factor(matrix)
 
 
 def lu_solve(lu, vector: Real[Array, " n"], transpose: bool = False):
     """`matrix^{-1} vector` (or `matrix^{-T} vector`) from `factorise(matrix)`."""
-    solver = lx.LU()
-    state = (lu, *_static_parts(vector.shape[0], vector.dtype))
-    if transpose:
-        state, _ = solver.transpose(state, {})
-    return solver.compute(state, vector, {})[0]
-
-
-def _static_parts(n, dtype):
-    """The non-array part of lineax's LU state for an `n × n` matrix (shapes
-    only: traced without computing a factorisation)."""
-    state = jax.eval_shape(
-        lambda: lx.LU().init(lx.MatrixLinearOperator(jnp.eye(n, dtype=dtype)), {})
-    )
-    return state[1], state[2]
+    return jsp.linalg.lu_solve(lu, vector, trans=1 if transpose else 0)
 
 
 def jacobian(field: Callable, t, y_flat) -> Real[Array, "n n"]:

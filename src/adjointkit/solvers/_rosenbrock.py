@@ -291,6 +291,11 @@ class Rodas5(AbstractRosenbrock):
     embedded order-4 estimate and a 4th-order continuous extension; 8 stages,
     one Jacobian and one LU factorisation per step, no Newton iteration
     (G. Di Marzo, University of Geneva, 1993). A good default for stiff problems
-    of moderate size at moderate to tight tolerances."""
+    of moderate size at moderate to tight tolerances.
+
+    **Arguments:** none (the method is fixed; step sizes come from the
+    controller, and its linear solves are exact, so it has no iteration
+    settings).
+    """
 
     tableau = _rodas5
