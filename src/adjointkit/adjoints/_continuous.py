@@ -43,8 +43,9 @@ from ..checkpointing import (
     EveryKSteps,
     default_num_checkpoints,
 )
-from ..checkpointing._plan import CheckpointPlan
-from ..checkpointing._store import CheckpointRecorder, kept_in_order
+from ..checkpointing._plan import AbstractSegmentedPlan, OnlinePlan
+from ..checkpointing._reverse import kept_in_order
+from ..checkpointing._store import CheckpointRecorder
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
@@ -442,7 +443,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
 
 def segment_plan(
     checkpoints: AbstractCheckpointSchedule | None, problem: Problem
-) -> CheckpointPlan | None:
+) -> AbstractSegmentedPlan | None:
     """Which states an interpolating adjoint keeps on the forward pass: `None`,
     every step's interpolation data; else a plan of kept states from which the
     backward pass rebuilds the interpolation a stretch of steps at a time.
@@ -470,21 +471,8 @@ def segment_plan(
             c = checkpoints.num_checkpoints or default_num_checkpoints(n)
             return EveryKSteps(max(1, -(-n // c))).plan(n, max_steps)
         c = checkpoints.num_checkpoints or default_num_checkpoints(max_steps)
-        return CheckpointPlan(kind="online", outer_slots=c, inner_slots=0)
+        return OnlinePlan(outer_slots=c, inner_slots=0)
     return checkpoints.plan(n, max_steps)
-
-
-def segment_capacity(plan: CheckpointPlan, max_steps: int) -> int:
-    """The most steps one rebuilt stretch holds: at least the longest gap between
-    kept states. For the online plan with `c` slots the stride `s` doubles only
-    once `c` states `s` apart are kept, so after at most `max_steps` steps it is
-    at most the least power of two with `c s >= max_steps`."""
-    if plan.kind == "stride":
-        return plan.stride
-    stride = 1
-    while plan.outer_slots * stride < max_steps:
-        stride *= 2
-    return stride
 
 
 def _report_stats(c: _Sweep):
@@ -511,7 +499,7 @@ def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
     # Replays retrace the forward pass's step-size decisions (`DecisionRecorder`).
     stepper = make_stepper(problem).replaying(internal.get("_decisions"))
     plan = segment_plan(spec.checkpoints, problem)
-    capacity = segment_capacity(plan, problem.max_steps)
+    capacity = plan.segment_capacity(problem.max_steps)
     starts, slots, _ = kept_in_order(positions)
     recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
     f_like = eqx.filter_eval_shape(lambda p: stepper.init(p).f, problem)
