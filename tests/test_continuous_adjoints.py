@@ -429,13 +429,14 @@ def _adaptive_big_temp_mib(adjoint, max_steps) -> float:
     ["interpolated", pytest.param("quadrature", marks=pytest.mark.slow)],
 )
 def test_adaptive_storage_grows_like_the_square_root_of_max_steps(name):
-    """By default, with adaptive steps, the interpolating adjoints keep c states (c ~
-    sqrt(2 max_steps)) and rebuild at most `OnlinePlan.segment_capacity` ~ max_steps
-    / c steps at a time: storage c·(state) + capacity·(Hermite point: y and f),
-    about sqrt(max_steps). Keeping every step's data (`AllSteps()`) stores max_steps
-    points. From max_steps 256 to 4096 the default's temp memory may grow by at most
-    twice what that storage predicts; `AllSteps()`'s grows by at least 90% of its
-    3840 more points (so the test can tell them apart)."""
+    """By default, with adaptive steps, the interpolating adjoints keep c states
+    (c ~ sqrt(2 max_steps)) and rebuild at most `OnlinePlan.segment_capacity`
+    (about max_steps / c) steps at a time: storage c·(state) + capacity·(Hermite
+    point: y and f), about sqrt(max_steps). Keeping every step's data
+    (`AllSteps()`) stores max_steps points. From max_steps 256 to 4096 the
+    default's temp memory may grow by at most twice what that storage predicts;
+    `AllSteps()`'s grows by at least 90% of its 3840 more points (so the test can
+    tell them apart)."""
     from adjointkit.checkpointing import default_num_checkpoints
     from adjointkit.checkpointing._plan import OnlinePlan
 
