@@ -151,7 +151,7 @@ class AbstractSegmentedPlan(AbstractCheckpointPlan):
         states, positions, _ = checkpoints
         return _reverse.run_stack_machine(
             problem, stepper, self, states, num_steps, final_state, leaf, carry,
-            ranges=(), segments=_reverse.kept_in_order(positions),
+            ranges=(), positions=positions,
         )  # fmt: skip
 
 
@@ -305,11 +305,9 @@ class DescentPlan(AbstractCheckpointPlan):
                 problem, stepper, self, states, final_state, leaf, carry
             )
         # The forward pass was revolve's first sweep: continue from its stack.
-        none = jnp.zeros((1,), jnp.int32)
         return _reverse.run_stack_machine(
             problem, stepper, self, states, num_steps, final_state, leaf, carry,
-            ranges=self.descent_stack,
-            segments=(none, none, jnp.asarray(0, jnp.int32)),
+            ranges=self.descent_stack, positions=None,
         )  # fmt: skip
 
 

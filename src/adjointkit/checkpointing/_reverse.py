@@ -79,7 +79,7 @@ def reverse_all_stored(problem, stepper, states, num_steps, leaf, carry):
 
 def run_stack_machine(
     problem, stepper, plan, states, num_steps, final_state, leaf, carry, *,
-    ranges, segments,
+    ranges, positions,
 ):  # fmt: skip
     """`reverse_steps` by an explicit stack of ranges, in one `lax.while_loop`.
 
@@ -92,16 +92,20 @@ def run_stack_machine(
 
     **Arguments** (beyond `reverse_steps`'s): `ranges`, the rows `(start,
     length, slots, slot)` on the stack at the start (a `DescentPlan`'s, the one
-    to reverse next last); `segments`, `(starts, slots, count)` as
-    `kept_in_order` gives them: each of the `count` segments between kept states
-    is pushed, last first, whenever the stack empties.
+    to reverse next last); `positions`, the record's (see `CheckpointRecorder`),
+    or `None` when no state was kept in segments: each segment between kept
+    states is pushed, last first, whenever the stack empties.
     """
-    seg_start, seg_slot, num_segments = segments
     depth = plan.root_slots + 2
     betas = beta_table(plan.root_slots)
     stack = jnp.zeros((depth, 4), jnp.int32)
     if ranges:
         stack = stack.at[: len(ranges)].set(jnp.asarray(ranges, jnp.int32))
+    if positions is None:
+        seg_start = seg_slot = jnp.zeros((1,), jnp.int32)
+        num_segments = jnp.asarray(0, jnp.int32)
+    else:
+        seg_start, seg_slot, num_segments = kept_in_order(positions)
     top = jnp.asarray(len(ranges), jnp.int32)
 
     machine = _Machine(
