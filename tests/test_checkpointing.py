@@ -12,7 +12,12 @@ import pytest
 
 import adjointkit as ak
 from adjointkit._recording import StepRecord
-from adjointkit.checkpointing import CheckpointPlan, _reverse, min_forward_steps
+from adjointkit.checkpointing import (
+    AbstractCheckpointPlan,
+    DescentPlan,
+    _reverse,
+    min_forward_steps,
+)
 from adjointkit.checkpointing._binomial import beta_table, repetitions, split, split_jnp
 from adjointkit.checkpointing._plan import online_positions
 from adjointkit.checkpointing._reverse import reverse_steps
@@ -88,7 +93,7 @@ class _Counter(eqx.Module):
         return kept
 
 
-def _record(plan: CheckpointPlan, num_steps: int):
+def _record(plan: AbstractCheckpointPlan, num_steps: int):
     rec = CheckpointRecorder(
         plan=plan, stepper=_Counter(), kept_like=jax.ShapeDtypeStruct((), jnp.int32)
     )
@@ -204,17 +209,13 @@ def test_online_plan_keeps_what_its_cost_model_assumes(num_steps, c):
     assert max(lengths) <= max(1, 4 * num_steps // plan.outer_slots)
 
 
-def _stack_depth(plan: CheckpointPlan, num_steps: int) -> int:
+def _stack_depth(plan: AbstractCheckpointPlan, num_steps: int) -> int:
     """The backward pass's stack size, simulated in Python."""
-    if plan.kind == "descent":
+    if isinstance(plan, DescentPlan):
         stack = [(a, n, s) for a, n, s, _ in plan.descent_stack]
         segments = []
     else:
-        starts = (
-            list(range(0, num_steps, plan.stride))
-            if plan.kind == "stride"
-            else online_positions(num_steps, plan.outer_slots)
-        )
+        starts = plan.segment_starts(num_steps)
         ends = starts[1:] + [num_steps]
         segments = [
             (a, b - a, plan.root_slots) for a, b in zip(starts, ends, strict=True)

@@ -390,17 +390,16 @@ def test_checkpoints_must_be_a_schedule():
 def test_online_stretches_fit_the_rebuild_buffer():
     """With adaptive steps the forward pass keeps every s-th state in c slots,
     doubling s when they fill; the backward pass rebuilds the interpolation from
-    a kept state into a buffer of `segment_capacity` steps. Every gap between
-    kept states (and from the last one to the end) must fit that buffer, for
+    a kept state into a buffer of `OnlinePlan.segment_capacity` steps. Every gap
+    between kept states (and from the last one to the end) must fit that buffer, for
     every number of steps up to max_steps; and the buffer is no more than twice
     the longest gap can be (max_steps / c, rounded up)."""
-    from adjointkit.adjoints._continuous import segment_capacity
-    from adjointkit.checkpointing._plan import CheckpointPlan, online_positions
+    from adjointkit.checkpointing._plan import OnlinePlan, online_positions
 
     for slots in (2, 3, 7, 89):
         for max_steps in (1, 5, 64, 300):
-            plan = CheckpointPlan(kind="online", outer_slots=slots, inner_slots=0)
-            capacity = segment_capacity(plan, max_steps)
+            plan = OnlinePlan(outer_slots=slots, inner_slots=0)
+            capacity = plan.segment_capacity(max_steps)
             assert capacity <= max(1, 2 * -(-max_steps // slots))
             for n in range(1, max_steps + 1):
                 kept = online_positions(n, slots)
@@ -431,23 +430,23 @@ def _adaptive_big_temp_mib(adjoint, max_steps) -> float:
 )
 def test_adaptive_storage_grows_like_the_square_root_of_max_steps(name):
     """By default, with adaptive steps, the interpolating adjoints keep c states
-    (c ~ sqrt(2 max_steps)) and rebuild at most `segment_capacity` ~ max_steps / c
-    steps at a time: storage c·(state) + capacity·(Hermite point: y and f), about
-    sqrt(max_steps). Keeping every step's data (`AllSteps()`) stores max_steps
-    points. From max_steps 256 to 4096 the default's temp memory may grow by at
-    most twice what that storage predicts; `AllSteps()`'s grows by at least 90%
-    of its 3840 more points (so the test can tell them apart)."""
-    from adjointkit.adjoints._continuous import segment_capacity
+    (c ~ sqrt(2 max_steps)) and rebuild at most `OnlinePlan.segment_capacity`
+    (about max_steps / c) steps at a time: storage c·(state) + capacity·(Hermite
+    point: y and f), about sqrt(max_steps). Keeping every step's data
+    (`AllSteps()`) stores max_steps points. From max_steps 256 to 4096 the
+    default's temp memory may grow by at most twice what that storage predicts;
+    `AllSteps()`'s grows by at least 90% of its 3840 more points (so the test can
+    tell them apart)."""
     from adjointkit.checkpointing import default_num_checkpoints
-    from adjointkit.checkpointing._plan import CheckpointPlan
+    from adjointkit.checkpointing._plan import OnlinePlan
 
     state_mib = 4 * BIG * 8 / 2**20
     point_mib = 2 * state_mib
 
     def storage(max_steps):
         c = default_num_checkpoints(max_steps)
-        plan = CheckpointPlan(kind="online", outer_slots=c, inner_slots=0)
-        return c * state_mib + segment_capacity(plan, max_steps) * point_mib
+        plan = OnlinePlan(outer_slots=c, inner_slots=0)
+        return c * state_mib + plan.segment_capacity(max_steps) * point_mib
 
     make = ak.InterpolatedAdjoint if name == "interpolated" else ak.QuadratureAdjoint
     small, large = (_adaptive_big_temp_mib(make(), m) for m in (256, 4096))

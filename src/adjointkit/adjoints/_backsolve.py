@@ -3,7 +3,13 @@
 from .._problem import Problem
 from .._solution import Solution
 from ._base import AbstractAdjoint
-from ._continuous import _Spec, check_continuous, continuous_solve
+from ._continuous import (
+    IntegratedParameters,
+    SolvedBackward,
+    _Spec,
+    check_continuous,
+    continuous_solve,
+)
 from ._outputs import solution_from_records
 
 
@@ -55,17 +61,13 @@ class BacksolveAdjoint(AbstractAdjoint):
     reanchor: bool = True
 
     def solve(self, problem: Problem) -> Solution:
+        check_continuous(problem, "BacksolveAdjoint")
         spec = _Spec(
-            mode="backsolve",
-            interpolation=None,
-            checkpoints=None,
+            primal=SolvedBackward(reanchor=self.reanchor),
+            parameters=IntegratedParameters(seminorm=self.seminorm),
             solver=self.solver,
             controller=self.controller,
-            seminorm=self.seminorm,
-            reanchor=self.reanchor,
             max_steps=self.max_steps,
-            quadrature_order=None,
         )
-        check_continuous(problem, "BacksolveAdjoint", spec)
         summary, records = continuous_solve(problem, spec)
         return solution_from_records(problem, summary, records, discrete=False)

@@ -7,19 +7,24 @@ With a(t) = dL/dy(t), the pullback of y(T) = solve(f, y0, θ, t0, T) is
 
 and with values saved at times t_i the adjoint jumps by dL/dy(t_i) there, with
 dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>. Every product a^T df/dy, a^T df/dθ is one
-`jax.vjp` of f. The three adjoints differ in where the backward solve reads y(t)
-and how it accumulates dL/dθ:
+`jax.vjp` of f. The three adjoints share one engine and differ in two
+strategies: where the backward solve reads y(t) (an `AbstractPrimalSource`) and
+how it accumulates dL/dθ (an `AbstractParameterAccumulation`):
 
-- `BacksolveAdjoint`: y runs backward alongside, state (y, a, a_θ);
-- `InterpolatedAdjoint`: y from an interpolation of the forward solve (optionally
-  rebuilt segment by segment from checkpoints), state (a, a_θ);
-- `QuadratureAdjoint`: y likewise, state a alone; dL/dθ by Gauss--Legendre
-  quadrature over each backward step, from the backward solver's dense output.
+- `BacksolveAdjoint`: `SolvedBackward` (y runs backward alongside) and
+  `IntegratedParameters`: state (y, a, a_θ);
+- `InterpolatedAdjoint`: y from an interpolation of the forward solve, every
+  step's data kept (`StoredTrajectory`) or rebuilt segment by segment from
+  checkpoints (`RebuiltTrajectory`), and `IntegratedParameters`: state (a, a_θ);
+- `QuadratureAdjoint`: y likewise, and `QuadratureParameters`: state a alone;
+  dL/dθ by Gauss--Legendre quadrature over each backward step, from the backward
+  solver's dense output.
 
 Everything runs in the forward solve's loop time (ascending, see `Problem`); a
 backward solve is another `Problem` with direction -1, run by the same loop.
 """
 
+import abc
 import dataclasses
 from collections.abc import Callable
 
@@ -43,8 +48,9 @@ from ..checkpointing import (
     EveryKSteps,
     default_num_checkpoints,
 )
-from ..checkpointing._plan import CheckpointPlan
-from ..checkpointing._store import CheckpointRecorder, kept_in_order
+from ..checkpointing._plan import AbstractSegmentedPlan, OnlinePlan
+from ..checkpointing._reverse import kept_in_order
+from ..checkpointing._store import CheckpointRecorder
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
@@ -54,17 +60,16 @@ from ._outputs import output_recorders, plain_records, tree_add, zeros_where_non
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Spec:
-    """How a continuous adjoint runs its backward pass (static)."""
+    """How a continuous adjoint runs its backward pass (static): where y(t) comes
+    from (`primal`), how dL/dθ is accumulated (`parameters`), and the backward
+    solve's own solver, controller and step budget (`None`: the forward ones;
+    for `max_steps`, twice the forward's)."""
 
-    mode: str  # "backsolve", "interpolated" or "quadrature"
-    interpolation: AbstractInterpolation | None
-    checkpoints: AbstractCheckpointSchedule | None
+    primal: "AbstractPrimalSource"
+    parameters: "AbstractParameterAccumulation"
     solver: object
     controller: object
-    seminorm: bool
-    reanchor: bool
     max_steps: int | None
-    quadrature_order: int | None
 
 
 # --- backward statistics ---------------------------------------------------------
@@ -246,12 +251,320 @@ class _Sweep(eqx.Module):
     result: RESULTS
 
 
-def _backward_controller(spec: _Spec, problem: Problem):
-    controller = spec.controller if spec.controller is not None else problem.controller
-    if spec.seminorm and isinstance(controller, PIDController):
-        if controller.norm is rms_norm:
-            controller = eqx.tree_at(lambda c: c.norm, controller, adjoint_seminorm)
-    return controller
+# --- the strategies: how dL/dθ is accumulated ----------------------------------------
+
+
+class AbstractParameterAccumulation(eqx.Module):
+    """How the backward pass accumulates `a_θ = dL/dθ = ∫ a^T df/dθ dt`. Provides:
+
+    - `derivatives(vf, s, y, a, th) -> (f, da/ds, da_θ/ds)`: the vector field
+      `f = vf(s, y, th)` and the adjoint system's derivatives of `a` and `a_θ`
+      at `s` (each a `jax.vjp` of `f`);
+    - `backward_solver(solver, a_dot_f_theta, y_of_s)`: the solver that steps the
+      adjoint system (`a_dot_f_theta(s, y, a)` is `a^T df/dθ`; `y_of_s` reads the
+      forward solution);
+    - `backward_controller(controller)`: the controller of the backward solve.
+    """
+
+    @abc.abstractmethod
+    def derivatives(self, vf, s, y, a, th):
+        """`(f(s, y), da/ds, da_θ/ds)` in the forward loop time `s`."""
+
+    @abc.abstractmethod
+    def backward_solver(self, solver: AbstractSolver, a_dot_f_theta, y_of_s):
+        """The solver of the backward solve, given the user's (or the forward) one."""
+
+    @abc.abstractmethod
+    def backward_controller(self, controller):
+        """The controller of the backward solve, given the user's (or the forward)
+        one."""
+
+
+class IntegratedParameters(AbstractParameterAccumulation):
+    """`a_θ` is a component of the adjoint ODE, `a_θ' = -(df/dθ)^T a`, integrated
+    by the backward solver with `a` (`BacksolveAdjoint`, `InterpolatedAdjoint`).
+    With `seminorm`, an adaptive controller's `rms_norm` becomes
+    `adjoint_seminorm`, which leaves `a_θ` out of the error estimate."""
+
+    seminorm: bool
+
+    def derivatives(self, vf, s, y, a, th):
+        fy, vjp_fn = jax.vjp(lambda y, th: vf(s, y, th), y, th)
+        a_y, a_th = vjp_fn(a)
+        return fy, _neg(a_y), _neg(a_th)
+
+    def backward_solver(self, solver, a_dot_f_theta, y_of_s):
+        del a_dot_f_theta, y_of_s
+        return solver
+
+    def backward_controller(self, controller):
+        if self.seminorm and isinstance(controller, PIDController):
+            if controller.norm is rms_norm:
+                controller = eqx.tree_at(lambda c: c.norm, controller, adjoint_seminorm)
+        return controller
+
+
+class QuadratureParameters(AbstractParameterAccumulation):
+    """`a_θ` is not an ODE component: the backward solver steps `a` alone, and
+    `_QuadratureSolver` adds the Gauss--Legendre quadrature of `a^T df/dθ` over
+    each step, with `order` points (`None`: the least that matches the backward
+    solver's order), its error in the step's error estimate
+    (`QuadratureAdjoint`)."""
+
+    order: int | None
+
+    def derivatives(self, vf, s, y, a, th):
+        # The running integral's increments come from `_QuadratureSolver`'s
+        # quadrature, and its derivative is reported as zero.
+        fy, vjp_fn = jax.vjp(lambda y: vf(s, y, th), y)
+        (a_y,) = vjp_fn(a)
+        zeros = jtu.tree_map(jnp.zeros_like, th)
+        return fy, _neg(a_y), zeros
+
+    def backward_solver(self, solver, a_dot_f_theta, y_of_s):
+        order = self.order or max(2, -(-(solver.order + 1) // 2))
+        return _QuadratureSolver(solver, a_dot_f_theta, y_of_s, order)
+
+    def backward_controller(self, controller):
+        return controller
+
+
+# --- the strategies: where the backward pass reads y(t) from ------------------------
+
+
+class AbstractPrimalSource(eqx.Module):
+    """Where the backward pass gets the forward solution y(t). Provides:
+
+    - `forward_recorders(problem, stepper)`: what the forward pass keeps for it,
+      by name (beyond the outputs);
+    - `sweep(problem, internal, final_state, num_steps, c, sweep)`: the whole
+      backward pass from `t1` to `t0`, given what was kept (`internal`, by the
+      same names) and `sweep(c, s_lo, last, y_of_s)`, which solves the adjoint
+      from `c.s` down to `s_lo` reading y from `y_of_s(s)`;
+    - how y enters the adjoint state: `initial_y(y(t1))` (its `y` component at
+      `t1`, `None`: none), `y_at(s, z, y_of_s)` (y at `s`),
+      `y_derivative(f)` (the `y` component of the adjoint field) and
+      `at_save_time(z, y_i)` (the state after a save time with value `y_i`).
+    """
+
+    @abc.abstractmethod
+    def forward_recorders(self, problem: Problem, stepper) -> dict:
+        """The recorders the forward pass runs for this source, by name."""
+
+    @abc.abstractmethod
+    def sweep(self, problem, internal, final_state, num_steps, c, sweep):
+        """The backward pass from `t1` down to `t0`; returns the final carry."""
+
+    @abc.abstractmethod
+    def initial_y(self, y_final):
+        """The adjoint state's `y` component at `t1`."""
+
+    @abc.abstractmethod
+    def y_at(self, s, z: AdjointState, y_of_s):
+        """y at `s`, from the adjoint state `z` or from `y_of_s`."""
+
+    @abc.abstractmethod
+    def y_derivative(self, fy):
+        """The `y` component of the adjoint field, given `f(s, y)`."""
+
+    @abc.abstractmethod
+    def at_save_time(self, z: AdjointState, y_i) -> AdjointState:
+        """The adjoint state once it reaches a save time with forward value `y_i`."""
+
+
+class SolvedBackward(AbstractPrimalSource):
+    """y is solved backward alongside the adjoint, from y(t1): the state is
+    `(y, a, a_θ)` and the forward pass keeps nothing (`BacksolveAdjoint`). With
+    `reanchor`, y is reset to the saved forward value at each save time."""
+
+    reanchor: bool
+
+    def forward_recorders(self, problem, stepper):
+        del problem, stepper
+        return {}
+
+    def sweep(self, problem, internal, final_state, num_steps, c, sweep):
+        del internal, final_state, num_steps
+        return sweep(c, problem.t0, True, None)
+
+    def initial_y(self, y_final):
+        return y_final
+
+    def y_at(self, s, z, y_of_s):
+        del s, y_of_s
+        return z.y
+
+    def y_derivative(self, fy):
+        return fy
+
+    def at_save_time(self, z, y_i):
+        if self.reanchor:
+            z = eqx.tree_at(lambda z: z.y, z, y_i)
+        return z
+
+
+class AbstractTrajectorySource(AbstractPrimalSource):
+    """y is read from an `interpolation` of the forward solution: the adjoint
+    state is `(a, a_θ)`, and the subclass says how the interpolation is kept."""
+
+    interpolation: eqx.AbstractVar[AbstractInterpolation]
+
+    def initial_y(self, y_final):
+        del y_final
+        return None
+
+    def y_at(self, s, z, y_of_s):
+        del z
+        return y_of_s(s)
+
+    def y_derivative(self, fy):
+        del fy
+        return None
+
+    def at_save_time(self, z, y_i):
+        del y_i
+        return z
+
+
+class StoredTrajectory(AbstractTrajectorySource):
+    """The forward pass stores every step's interpolation data (a
+    `TrajectoryRecorder`), and the backward pass reads y(t) from it."""
+
+    interpolation: AbstractInterpolation
+
+    def forward_recorders(self, problem, stepper):
+        del stepper
+        return {"_trajectory": TrajectoryRecorder(self.interpolation, problem.solver)}
+
+    def sweep(self, problem, internal, final_state, num_steps, c, sweep):
+        del final_state, num_steps
+        times, points, steps, count = internal["_trajectory"]
+        trajectory = Trajectory(
+            times, points, steps, count, self.interpolation, problem.solver
+        )
+        return sweep(c, problem.t0, True, trajectory.evaluate)
+
+
+class RebuiltTrajectory(AbstractTrajectorySource):
+    """The forward pass keeps the states `plan` chooses (a `CheckpointRecorder`,
+    and with adaptive steps the step-size decisions); the backward pass rebuilds
+    the interpolation one stretch of steps at a time from them (the scheme of
+    SUNDIALS CVODES), see `sweep`."""
+
+    interpolation: AbstractInterpolation
+    plan: AbstractSegmentedPlan
+
+    def forward_recorders(self, problem, stepper):
+        kept_like = eqx.filter_eval_shape(
+            lambda p: stepper.checkpoint(stepper.init(p)), problem
+        )
+        recorders = {"_checkpoints": CheckpointRecorder(self.plan, stepper, kept_like)}
+        decider = stepper.decision_recorder(problem)
+        if decider is not None:
+            recorders["_decisions"] = decider
+        return recorders
+
+    def sweep(self, problem, internal, final_state, num_steps, c, sweep):
+        """Rebuild the interpolation of one stretch of steps at a time, last
+        first, by replaying it from a kept state, and solve the adjoint across it.
+
+        A stretch starts at the earliest kept state no more than `capacity` steps
+        before the end of the one after it, so that stretches are as long as the
+        rebuild buffer allows: every backward solve restarts its step-size
+        control, and the fewer restarts the better."""
+        del final_state
+        states, positions, _ = internal["_checkpoints"]
+        # Replays retrace the forward pass's step-size decisions
+        # (`DecisionRecorder`).
+        stepper = make_stepper(problem).replaying(internal.get("_decisions"))
+        capacity = self.plan.segment_capacity(problem.max_steps)
+        starts, slots, _ = kept_in_order(positions)
+        recorder_like = TrajectoryRecorder(self.interpolation, problem.solver)
+        f_like = eqx.filter_eval_shape(lambda p: stepper.init(p).f, problem)
+        dense_like = _dense_like(problem, f_like)
+
+        def body(loop_carry):
+            c, end, _ = loop_carry
+            i = jnp.searchsorted(starts, end - capacity, side="left")
+            i = jnp.minimum(i, starts.shape[0] - 1)
+            start = jnp.where(num_steps == 0, 0, starts[i])
+            kept = jtu.tree_map(lambda buf: buf[slots[i]], states)
+            # A solve that took no step kept no checkpoint: start from t0 itself
+            # (evaluated only then: the start of an adaptive solve costs two
+            # evaluations of f).
+            state = lax.cond(
+                num_steps == 0,
+                lambda: stepper.init(problem),
+                lambda: stepper.restore(problem, kept),
+            )
+            t_start = stepper.time(problem, state)
+            recorder = eqx.tree_at(
+                lambda r: r.offset, recorder_like, stepper.accepted(state)
+            )
+            func = problem.solver.with_controller(problem.controller).func(state.f)
+            record = recorder.init(t_start, state.y, func, dense_like, capacity)
+            _, records = replay_recording(
+                problem, stepper, state, end - start, {"t": recorder}, {"t": record}
+            )
+            c = sweep(c, t_start, start == 0, records["t"].evaluate)
+            return c, start, jnp.array(False)
+
+        def more(loop_carry):
+            _, end, first = loop_carry
+            return first | (end > 0)
+
+        c, _, _ = lax.while_loop(
+            more, body, (c, jnp.asarray(num_steps, jnp.int32), jnp.array(True))
+        )
+        return c
+
+
+def segment_plan(
+    checkpoints: AbstractCheckpointSchedule | None, problem: Problem
+) -> AbstractSegmentedPlan | None:
+    """Which states an interpolating adjoint keeps on the forward pass: `None`,
+    every step's interpolation data; else a plan of kept states from which the
+    backward pass rebuilds the interpolation a stretch of steps at a time.
+
+    - `None` (the default): every step's data when the number of steps is known at
+      trace time (memory follows the steps taken); with adaptive steps, whose
+      storage would be sized by `max_steps` however few steps are taken, the
+      online plan of `BinomialCheckpoints()`.
+    - `AllSteps()`: every step's data (with adaptive steps: `max_steps` of it).
+    - `EveryKSteps(k)`: the state before every `k`-th step.
+    - `BinomialCheckpoints(c)`: `c` kept states; with the number of steps `N`
+      known, every `ceil(N / c)`-th; else every `s`-th with `s` doubling whenever
+      the `c` slots fill (as `CheckpointedAdjoint`'s online plan does).
+    """
+    n, max_steps = problem.num_steps, problem.max_steps
+    if checkpoints is None:
+        if n is not None:
+            return None
+        checkpoints = BinomialCheckpoints()
+    if isinstance(checkpoints, AllSteps):
+        return None
+    if isinstance(checkpoints, BinomialCheckpoints):
+        if n is not None:
+            n = min(n, max_steps)
+            c = checkpoints.num_checkpoints or default_num_checkpoints(n)
+            return EveryKSteps(max(1, -(-n // c))).plan(n, max_steps)
+        c = checkpoints.num_checkpoints or default_num_checkpoints(max_steps)
+        return OnlinePlan(outer_slots=c, inner_slots=0)
+    return checkpoints.plan(n, max_steps)
+
+
+def trajectory_source(
+    interpolation: AbstractInterpolation,
+    checkpoints: AbstractCheckpointSchedule | None,
+    problem: Problem,
+) -> AbstractTrajectorySource:
+    """The primal source of an interpolating adjoint: every step's data stored
+    (`StoredTrajectory`), or rebuilt from the states `segment_plan` keeps
+    (`RebuiltTrajectory`)."""
+    plan = segment_plan(checkpoints, problem)
+    if plan is None:
+        return StoredTrajectory(interpolation)
+    return RebuiltTrajectory(interpolation, plan)
 
 
 def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
@@ -273,34 +586,26 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         _, vjp_fn = jax.vjp(lambda th: vf(s, y, th), theta)
         return vjp_fn(a)[0]
 
-    mode = spec.mode
+    primal, parameters = spec.primal, spec.parameters
 
     def adjoint_field(y_of_s):
         """dz/ds of the adjoint system, in the forward loop time s; `y_of_s` reads
-        the forward solution (`None`: it is part of the state)."""
+        the forward solution (if `primal` does not carry it in the state)."""
 
         def field(s, z: AdjointState, th):
-            y = z.y if y_of_s is None else y_of_s(s)
-            if mode == "quadrature":
-                # The running integral is not an ODE component here: its
-                # increments come from `_QuadratureSolver`'s quadrature, and its
-                # derivative is reported as zero.
-                _, vjp_fn = jax.vjp(lambda y: vf(s, y, th), y)
-                (a_y,) = vjp_fn(z.a)
-                zeros = jtu.tree_map(jnp.zeros_like, th)
-                return AdjointState(y=None, a=_neg(a_y), a_params=zeros)
-            fy, vjp_fn = jax.vjp(lambda y, th: vf(s, y, th), y, th)
-            a_y, a_th = vjp_fn(z.a)
+            y = primal.y_at(s, z, y_of_s)
+            fy, a_dot, a_params_dot = parameters.derivatives(vf, s, y, z.a, th)
             return AdjointState(
-                y=fy if mode == "backsolve" else None, a=_neg(a_y), a_params=_neg(a_th)
+                y=primal.y_derivative(fy), a=a_dot, a_params=a_params_dot
             )
 
         return field
 
     solver = spec.solver if spec.solver is not None else problem.solver
-    controller = _backward_controller(spec, problem)
+    controller = parameters.backward_controller(
+        spec.controller if spec.controller is not None else problem.controller
+    )
     dt0 = None if controller.adaptive else problem.dt0
-    order = spec.quadrature_order or max(2, -(-(solver.order + 1) // 2))
     backward_max_steps = (
         2 * problem.max_steps if spec.max_steps is None else spec.max_steps
     )
@@ -308,12 +613,9 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     def integrate(c: _Sweep, s_to, y_of_s) -> _Sweep:
         """The backward solve from `c.s` down to `s_to`: a problem of its own, in
         the reversed time τ = -s, run by the one loop."""
-        backward_solver = solver
-        if mode == "quadrature":
-            backward_solver = _QuadratureSolver(solver, a_dot_f_theta, y_of_s, order)
         backward = Problem(
             f=adjoint_field(y_of_s),
-            solver=backward_solver,
+            solver=parameters.backward_solver(solver, a_dot_f_theta, y_of_s),
             controller=controller,
             t0=-c.s,
             t1=-s_to,
@@ -351,8 +653,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         ct_i = jtu.tree_map(lambda x: x[i], ct_ys)
         y_i = jtu.tree_map(lambda x: x[i], ys_ts)
         z = eqx.tree_at(lambda z: z.a, c.z, tree_add(c.z.a, ct_i))
-        if mode == "backsolve" and spec.reanchor:
-            z = eqx.tree_at(lambda z: z.y, z, y_i)
+        z = primal.at_save_time(z, y_i)
         ct_t = _tree_dot(ct_i, vf(ts[i], y_i, theta))
         return eqx.tree_at(
             lambda x: (x.z, x.ct_ts, x.save), c, (z, c.ct_ts.at[i].add(ct_t), i - 1)
@@ -376,7 +677,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     zero = jnp.asarray(0, jnp.int32)
     c = _Sweep(
         z=AdjointState(
-            y=y_final if mode == "backsolve" else None,
+            y=primal.initial_y(y_final),
             a=ct_final,
             a_params=jtu.tree_map(jnp.zeros_like, theta),
         ),
@@ -389,16 +690,7 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         result=RESULTS.successful,
     )
 
-    if mode == "backsolve":
-        c = sweep(c, problem.t0, True, None)
-    elif "_trajectory" in internal:
-        times, points, steps, count = internal["_trajectory"]
-        trajectory = Trajectory(
-            times, points, steps, count, spec.interpolation, problem.solver
-        )
-        c = sweep(c, problem.t0, True, trajectory.evaluate)
-    else:
-        c = _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep)
+    c = primal.sweep(problem, internal, final_state, num_steps, c, sweep)
 
     a0 = c.z.a
     ct_t0 = -_tree_dot(a0, vf(problem.t0, problem.y0, theta))
@@ -437,56 +729,6 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     return eqx.error_if(ct, failed, message)
 
 
-# --- where the backward pass reads y(t) from ---------------------------------------
-
-
-def segment_plan(
-    checkpoints: AbstractCheckpointSchedule | None, problem: Problem
-) -> CheckpointPlan | None:
-    """Which states an interpolating adjoint keeps on the forward pass: `None`,
-    every step's interpolation data; else a plan of kept states from which the
-    backward pass rebuilds the interpolation a stretch of steps at a time.
-
-    - `None` (the default): every step's data when the number of steps is known at
-      trace time (memory follows the steps taken); with adaptive steps, whose
-      storage would be sized by `max_steps` however few steps are taken, the
-      online plan of `BinomialCheckpoints()`.
-    - `AllSteps()`: every step's data (with adaptive steps: `max_steps` of it).
-    - `EveryKSteps(k)`: the state before every `k`-th step.
-    - `BinomialCheckpoints(c)`: `c` kept states; with the number of steps `N`
-      known, every `ceil(N / c)`-th; else every `s`-th with `s` doubling whenever
-      the `c` slots fill (as `CheckpointedAdjoint`'s online plan does).
-    """
-    n, max_steps = problem.num_steps, problem.max_steps
-    if checkpoints is None:
-        if n is not None:
-            return None
-        checkpoints = BinomialCheckpoints()
-    if isinstance(checkpoints, AllSteps):
-        return None
-    if isinstance(checkpoints, BinomialCheckpoints):
-        if n is not None:
-            n = min(n, max_steps)
-            c = checkpoints.num_checkpoints or default_num_checkpoints(n)
-            return EveryKSteps(max(1, -(-n // c))).plan(n, max_steps)
-        c = checkpoints.num_checkpoints or default_num_checkpoints(max_steps)
-        return CheckpointPlan(kind="online", outer_slots=c, inner_slots=0)
-    return checkpoints.plan(n, max_steps)
-
-
-def segment_capacity(plan: CheckpointPlan, max_steps: int) -> int:
-    """The most steps one rebuilt stretch holds: at least the longest gap between
-    kept states. For the online plan with `c` slots the stride `s` doubles only
-    once `c` states `s` apart are kept, so after at most `max_steps` steps it is
-    at most the least power of two with `c s >= max_steps`."""
-    if plan.kind == "stride":
-        return plan.stride
-    stride = 1
-    while plan.outer_slots * stride < max_steps:
-        stride *= 2
-    return stride
-
-
 def _report_stats(c: _Sweep):
     stats = dict(
         num_steps=c.num_steps,
@@ -496,61 +738,6 @@ def _report_stats(c: _Sweep):
         result=c.result._value,
     )
     jax.debug.callback(_report, stats)
-
-
-def _sweep_segments(problem, spec, internal, final_state, num_steps, c, sweep):
-    """With checkpoints (the scheme of SUNDIALS CVODES): rebuild the interpolation
-    of one stretch of steps at a time, last first, by replaying it from a kept
-    state, and solve the adjoint across it.
-
-    A stretch starts at the earliest kept state no more than `capacity` steps
-    before the end of the one after it, so that stretches are as long as the
-    rebuild buffer allows: every backward solve restarts its step-size control,
-    and the fewer restarts the better."""
-    states, positions, _ = internal["_checkpoints"]
-    # Replays retrace the forward pass's step-size decisions (`DecisionRecorder`).
-    stepper = make_stepper(problem).replaying(internal.get("_decisions"))
-    plan = segment_plan(spec.checkpoints, problem)
-    capacity = segment_capacity(plan, problem.max_steps)
-    starts, slots, _ = kept_in_order(positions)
-    recorder_like = TrajectoryRecorder(spec.interpolation, problem.solver)
-    f_like = eqx.filter_eval_shape(lambda p: stepper.init(p).f, problem)
-    dense_like = _dense_like(problem, f_like)
-
-    def body(loop_carry):
-        c, end, _ = loop_carry
-        i = jnp.searchsorted(starts, end - capacity, side="left")
-        i = jnp.minimum(i, starts.shape[0] - 1)
-        start = jnp.where(num_steps == 0, 0, starts[i])
-        kept = jtu.tree_map(lambda buf: buf[slots[i]], states)
-        # A solve that took no step kept no checkpoint: start from t0 itself
-        # (evaluated only then: the start of an adaptive solve costs two
-        # evaluations of f).
-        state = lax.cond(
-            num_steps == 0,
-            lambda: stepper.init(problem),
-            lambda: stepper.restore(problem, kept),
-        )
-        t_start = stepper.time(problem, state)
-        recorder = eqx.tree_at(
-            lambda r: r.offset, recorder_like, stepper.accepted(state)
-        )
-        func = problem.solver.with_controller(problem.controller).func(state.f)
-        record = recorder.init(t_start, state.y, func, dense_like, capacity)
-        _, records = replay_recording(
-            problem, stepper, state, end - start, {"t": recorder}, {"t": record}
-        )
-        c = sweep(c, t_start, start == 0, records["t"].evaluate)
-        return c, start, jnp.array(False)
-
-    def more(loop_carry):
-        _, end, first = loop_carry
-        return first | (end > 0)
-
-    c, _, _ = lax.while_loop(
-        more, body, (c, jnp.asarray(num_steps, jnp.int32), jnp.array(True))
-    )
-    return c
 
 
 @eqx.filter_custom_vjp
@@ -563,28 +750,10 @@ def continuous_solve(problem: Problem, spec: _Spec):
 def _continuous_fwd(perturbed, problem: Problem, spec: _Spec):
     del perturbed
     stepper = make_stepper(problem)
-    recorders = output_recorders(problem)
-    if spec.mode != "backsolve":
-        plan = segment_plan(spec.checkpoints, problem)
-        if plan is None:
-            recorders["_trajectory"] = TrajectoryRecorder(
-                spec.interpolation, problem.solver
-            )
-        else:
-            kept_like = eqx.filter_eval_shape(
-                lambda p: stepper.checkpoint(stepper.init(p)), problem
-            )
-            recorders["_checkpoints"] = CheckpointRecorder(plan, stepper, kept_like)
-            decider = stepper.decision_recorder(problem)
-            if decider is not None:
-                recorders["_decisions"] = decider
+    kept = spec.primal.forward_recorders(problem, stepper)
+    recorders = {**output_recorders(problem), **kept}
     summary, final_state, records = run(problem, recorders, differentiable=False)
-    internal = {
-        name: records.pop(name)
-        for name in ("_trajectory", "_checkpoints", "_decisions")
-        if name in records
-    }
-    internal = plain_records(internal)
+    internal = plain_records({name: records.pop(name) for name in kept})
     ys_ts = records["ts"][0] if "ts" in records else None
     residuals = (summary.y, final_state, ys_ts, internal, summary.num_steps)
     return (summary, plain_records(records)), residuals
@@ -606,7 +775,9 @@ def _continuous_bwd(residuals, grad_obj, perturbed, problem: Problem, spec: _Spe
     return zeros_where_none(ct, problem)
 
 
-def check_continuous(problem: Problem, name: str, spec: _Spec):
+def check_continuous(
+    problem: Problem, name: str, interpolation=None, checkpoints=None
+) -> None:
     """What a continuous adjoint cannot differentiate, refused at trace time."""
     if problem.save_steps:
         raise ValueError(
@@ -620,15 +791,15 @@ def check_continuous(problem: Problem, name: str, spec: _Spec):
             "the dense output will be evaluated are unknown to the backward solve. "
             "Save at those times with SaveAt(ts=...), or use CheckpointedAdjoint."
         )
-    if spec.interpolation is not None and not isinstance(
-        spec.interpolation, AbstractInterpolation
+    if interpolation is not None and not isinstance(
+        interpolation, AbstractInterpolation
     ):
         raise TypeError(f"{name}: `interpolation` must be an adjointkit interpolation.")
-    if spec.checkpoints is not None and not isinstance(
-        spec.checkpoints, AbstractCheckpointSchedule
+    if checkpoints is not None and not isinstance(
+        checkpoints, AbstractCheckpointSchedule
     ):
         raise TypeError(
             f"{name}: `checkpoints` must be None or a checkpoint schedule "
             "(AllSteps(), EveryKSteps(k), BinomialCheckpoints(c)), got "
-            f"{spec.checkpoints!r}."
+            f"{checkpoints!r}."
         )

@@ -4,7 +4,13 @@ from .._problem import Problem
 from .._solution import Solution
 from ..interpolation import AbstractInterpolation, HermiteInterpolation
 from ._base import AbstractAdjoint
-from ._continuous import _Spec, check_continuous, continuous_solve
+from ._continuous import (
+    IntegratedParameters,
+    _Spec,
+    check_continuous,
+    continuous_solve,
+    trajectory_source,
+)
 from ._outputs import solution_from_records
 
 
@@ -62,17 +68,15 @@ class InterpolatedAdjoint(AbstractAdjoint):
     seminorm: bool = False
 
     def solve(self, problem: Problem) -> Solution:
+        check_continuous(
+            problem, "InterpolatedAdjoint", self.interpolation, self.checkpoints
+        )
         spec = _Spec(
-            mode="interpolated",
-            interpolation=self.interpolation,
-            checkpoints=self.checkpoints,
+            primal=trajectory_source(self.interpolation, self.checkpoints, problem),
+            parameters=IntegratedParameters(seminorm=self.seminorm),
             solver=self.solver,
             controller=self.controller,
-            seminorm=self.seminorm,
-            reanchor=False,
             max_steps=self.max_steps,
-            quadrature_order=None,
         )
-        check_continuous(problem, "InterpolatedAdjoint", spec)
         summary, records = continuous_solve(problem, spec)
         return solution_from_records(problem, summary, records, discrete=False)

@@ -4,7 +4,13 @@ from .._problem import Problem
 from .._solution import Solution
 from ..interpolation import AbstractInterpolation, HermiteInterpolation
 from ._base import AbstractAdjoint
-from ._continuous import _Spec, check_continuous, continuous_solve
+from ._continuous import (
+    QuadratureParameters,
+    _Spec,
+    check_continuous,
+    continuous_solve,
+    trajectory_source,
+)
 from ._outputs import solution_from_records
 
 
@@ -64,17 +70,15 @@ class QuadratureAdjoint(AbstractAdjoint):
             )
 
     def solve(self, problem: Problem) -> Solution:
+        check_continuous(
+            problem, "QuadratureAdjoint", self.interpolation, self.checkpoints
+        )
         spec = _Spec(
-            mode="quadrature",
-            interpolation=self.interpolation,
-            checkpoints=self.checkpoints,
+            primal=trajectory_source(self.interpolation, self.checkpoints, problem),
+            parameters=QuadratureParameters(order=self.quadrature_order),
             solver=self.solver,
             controller=self.controller,
-            seminorm=False,
-            reanchor=False,
             max_steps=self.max_steps,
-            quadrature_order=self.quadrature_order,
         )
-        check_continuous(problem, "QuadratureAdjoint", spec)
         summary, records = continuous_solve(problem, spec)
         return solution_from_records(problem, summary, records, discrete=False)

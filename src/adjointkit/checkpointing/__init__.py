@@ -2,7 +2,13 @@
 
 from ._base import AbstractCheckpointSchedule as AbstractCheckpointSchedule
 from ._binomial import min_forward_steps as min_forward_steps
-from ._plan import CheckpointPlan as CheckpointPlan
+from ._plan import (
+    AbstractCheckpointPlan as AbstractCheckpointPlan,
+    AbstractSegmentedPlan as AbstractSegmentedPlan,
+    DescentPlan as DescentPlan,
+    OnlinePlan as OnlinePlan,
+    StridePlan as StridePlan,
+)
 from ._schedules import (
     AllSteps as AllSteps,
     BinomialCheckpoints as BinomialCheckpoints,

@@ -4,22 +4,23 @@ import abc
 
 import equinox as eqx
 
-from ._plan import CheckpointPlan
+from ._plan import AbstractCheckpointPlan
 
 
 class AbstractCheckpointSchedule(eqx.Module):
     """Decides which step states a discrete adjoint keeps on the forward pass, and
     how many it may hold while recomputing the others on the backward pass.
 
-    An implementation provides `plan(num_steps, max_steps) -> CheckpointPlan`:
-    `num_steps` is the number of steps when known at trace time (constant steps),
-    else `None` (the plan must then work online, for any number up to
-    `max_steps`). `num_recomputed_steps(num_steps)` reports how many steps the
-    backward pass re-runs when the number is known in advance.
+    An implementation provides `plan(num_steps, max_steps)`, an
+    `AbstractCheckpointPlan` (which owns how states are kept and the steps
+    reversed): `num_steps` is the number of steps when known at trace time
+    (constant steps), else `None` (the plan must then work online, for any
+    number up to `max_steps`). `num_recomputed_steps(num_steps)` reports how
+    many steps the backward pass re-runs when the number is known in advance.
     """
 
     @abc.abstractmethod
-    def plan(self, num_steps: int | None, max_steps: int) -> CheckpointPlan:
+    def plan(self, num_steps: int | None, max_steps: int) -> AbstractCheckpointPlan:
         """The plan for a solve of `num_steps` steps (or at most `max_steps`).
 
         **Arguments:**
@@ -27,7 +28,8 @@ class AbstractCheckpointSchedule(eqx.Module):
         - `num_steps`: the number of steps, when known at trace time; else `None`.
         - `max_steps`: the most steps the solve may take.
 
-        **Returns:** a `CheckpointPlan` (`adjointkit.checkpointing.CheckpointPlan`).
+        **Returns:** a plan (`adjointkit.checkpointing.StridePlan`, `OnlinePlan`
+        or `DescentPlan`, or another `AbstractCheckpointPlan`).
         """
 
     def num_recomputed_steps(self, num_steps: int) -> int:

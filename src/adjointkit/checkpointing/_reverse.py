@@ -1,6 +1,7 @@
 """The backward pass of a checkpointed solve: visit every step, last first."""
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax.lax as lax
@@ -11,8 +12,10 @@ from jaxtyping import Array, Int, PyTree
 
 from .._tree import tree_where
 from ._binomial import beta_table, split, split_jnp
-from ._plan import CheckpointPlan
-from ._store import kept_in_order
+
+
+if TYPE_CHECKING:
+    from ._plan import AbstractCheckpointPlan, DescentPlan
 
 
 class _Machine(eqx.Module):
@@ -35,7 +38,7 @@ class _Machine(eqx.Module):
 def reverse_steps(
     problem,
     stepper,
-    plan: CheckpointPlan,
+    plan: "AbstractCheckpointPlan",
     checkpoints,
     num_steps: Int[Array, ""],
     final_state: PyTree,
@@ -44,49 +47,66 @@ def reverse_steps(
 ) -> tuple[PyTree, Int[Array, ""]]:
     """Call `carry = leaf(carry, state_a, a)` for `a = num_steps - 1, ..., 0`, where
     `state_a` is the stepper state before step `a`, recomputing states from the
-    checkpoints as the plan allows. Stored states are `stepper.checkpoint(state)`
-    and come back through `stepper.restore(problem, kept)`.
+    checkpoints (the record of a `CheckpointRecorder`) as the plan allows. Stored
+    states are `stepper.checkpoint(state)` and come back through
+    `stepper.restore(problem, kept)`.
+
+    The plan decides how (`plan.reverse`): with every state stored (`AllSteps`)
+    there is nothing to recompute, and `reverse_all_stored` simply visits the
+    steps last first; otherwise ranges of steps are reversed from their stored
+    starts by binomial checkpointing, by `run_stack_machine` (or, for a
+    `DescentPlan`, from a table computed at trace time by `reverse_static`).
+
+    **Returns:** the final `carry`, and the number of steps re-run (for tests and
+    benchmarks).
+    """
+    return plan.reverse(
+        problem, stepper, checkpoints, num_steps, final_state, leaf, carry
+    )
+
+
+def reverse_all_stored(problem, stepper, states, num_steps, leaf, carry):
+    """`reverse_steps` when every state is stored, the one before step `a` in slot
+    `a`: a plain loop, last step first."""
+
+    def visit(i, carry):
+        a = num_steps - 1 - i
+        kept = jtu.tree_map(lambda buf: buf[a], states)
+        return leaf(carry, stepper.restore(problem, kept), a)
+
+    return lax.fori_loop(0, num_steps, visit, carry), jnp.asarray(0, jnp.int32)
+
+
+def run_stack_machine(
+    problem, stepper, plan, states, num_steps, final_state, leaf, carry, *,
+    ranges, positions,
+):  # fmt: skip
+    """`reverse_steps` by an explicit stack of ranges, in one `lax.while_loop`.
 
     Each range `(start, length, slots)` is reversed as in binomial checkpointing:
     advance `m = split(length, slots)` steps from its start, store that state (one
     slot per level of the recursion), reverse the `length - m` steps after it with
     one state fewer, then the first `m`. A range no longer than its states
     (`length <= slots`) is not split but reversed whole: one sweep storing each of
-    its states, then its steps pulled back last first. The ranges wait on an
-    explicit stack, so the whole backward pass is one `lax.while_loop`, whatever
-    the plan. (With every state stored, `AllSteps`, there is nothing to split and
-    the loop simply visits the steps last first.)
+    its states, then its steps pulled back last first.
 
-    **Returns:** the final `carry`, and the number of steps re-run (for tests and
-    benchmarks).
+    **Arguments** (beyond `reverse_steps`'s): `ranges`, the rows `(start,
+    length, slots, slot)` on the stack at the start (a `DescentPlan`'s, the one
+    to reverse next last); `positions`, the record's (see `CheckpointRecorder`),
+    or `None` when no state was kept in segments: each segment between kept
+    states is pushed, last first, whenever the stack empties.
     """
-    states, positions, _ = checkpoints
-    if plan.kind == "stride" and plan.stride == 1:
-        # Every state is stored (AllSteps): nothing to recompute and no stack to
-        # keep, so a plain loop, last step first. The stack machine below would
-        # reverse it in the same order with several times the operations per
-        # step, which is all the time a tiny state takes.
-        def visit(i, carry):
-            a = num_steps - 1 - i
-            kept = jtu.tree_map(lambda buf: buf[a], states)
-            return leaf(carry, stepper.restore(problem, kept), a)
-
-        return lax.fori_loop(0, num_steps, visit, carry), jnp.asarray(0, jnp.int32)
-    if plan.kind == "descent" and plan.num_steps <= _MAX_STATIC_STEPS:
-        return _reverse_static(problem, stepper, plan, states, final_state, leaf, carry)
     depth = plan.root_slots + 2
     betas = beta_table(plan.root_slots)
     stack = jnp.zeros((depth, 4), jnp.int32)
-    if plan.kind == "descent":
-        # The forward pass was revolve's first sweep: continue from its stack.
-        entries = list(plan.descent_stack) or [(0, 0, 1, 0)]
-        stack = stack.at[: len(entries)].set(jnp.asarray(entries, jnp.int32))
-        top = jnp.asarray(len(plan.descent_stack), jnp.int32)
+    if ranges:
+        stack = stack.at[: len(ranges)].set(jnp.asarray(ranges, jnp.int32))
+    if positions is None:
         seg_start = seg_slot = jnp.zeros((1,), jnp.int32)
         num_segments = jnp.asarray(0, jnp.int32)
     else:
         seg_start, seg_slot, num_segments = kept_in_order(positions)
-        top = jnp.asarray(0, jnp.int32)
+    top = jnp.asarray(len(ranges), jnp.int32)
 
     machine = _Machine(
         stack=stack,
@@ -226,9 +246,9 @@ def states_count(states) -> int:
 _MAX_STATIC_STEPS = 20_000
 
 
-def _descent_actions(plan: CheckpointPlan) -> tuple[np.ndarray, int]:
-    """The stack machine of `reverse_steps`, run at trace time for a `"descent"`
-    plan (the number of steps is static, so every decision is): one row per
+def _descent_actions(plan: "DescentPlan") -> tuple[np.ndarray, int]:
+    """The stack machine of `run_stack_machine`, run at trace time for a
+    `DescentPlan` (the number of steps is static, so every decision is): one row per
     iteration, `(a, use_current, slot, leaves, advance, store_all, store,
     snapshot)` as `_visit` takes them, and the number of steps re-run. With
     Python's exact `split` (no repetition cap)."""
@@ -254,8 +274,8 @@ def _descent_actions(plan: CheckpointPlan) -> tuple[np.ndarray, int]:
     return np.asarray(rows, np.int32).reshape(-1, 8), recomputed
 
 
-def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
-    """`reverse_steps` for a `"descent"` plan: the same visits in the same order,
+def reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
+    """`reverse_steps` for a `DescentPlan`: the same visits in the same order,
     read from a table computed at trace time instead of decided by the stack
     machine as it runs, which takes a fraction of the operations per iteration
     (what a small state's backward pass costs)."""
@@ -278,3 +298,15 @@ def _reverse_static(problem, stepper, plan, states, final_state, leaf, carry):
 
     carry, _, _ = lax.fori_loop(0, rows.shape[0], visit, (carry, states, final_state))
     return carry, jnp.asarray(recomputed, jnp.int32)
+
+
+def kept_in_order(positions):
+    """The kept states of a `CheckpointRecorder` record in step order: `(starts,
+    slots, count)`, where `starts[i]` is the step of the i-th kept state (the
+    int32 maximum past `count`, so that `starts` stays sorted) and `slots[i]` the
+    slot holding it."""
+    big = jnp.iinfo(jnp.int32).max
+    keyed = jnp.where(positions >= 0, positions, big)
+    slots = jnp.argsort(keyed).astype(jnp.int32)
+    count = jnp.sum(positions >= 0).astype(jnp.int32)
+    return keyed[slots], slots, count

@@ -4,7 +4,7 @@ import math
 
 from ._base import AbstractCheckpointSchedule
 from ._binomial import beta
-from ._plan import CheckpointPlan, descent
+from ._plan import DescentPlan, OnlinePlan, StridePlan
 
 
 class AllSteps(AbstractCheckpointSchedule):
@@ -25,9 +25,7 @@ class AllSteps(AbstractCheckpointSchedule):
 
     def plan(self, num_steps, max_steps):
         capacity = max_steps if num_steps is None else min(num_steps, max_steps)
-        return CheckpointPlan(
-            kind="stride", outer_slots=max(capacity, 1), inner_slots=0, stride=1
-        )
+        return StridePlan(outer_slots=max(capacity, 1), inner_slots=0, stride=1)
 
 
 class EveryKSteps(AbstractCheckpointSchedule):
@@ -58,8 +56,7 @@ class EveryKSteps(AbstractCheckpointSchedule):
 
     def plan(self, num_steps, max_steps):
         capacity = max_steps if num_steps is None else min(num_steps, max_steps)
-        return CheckpointPlan(
-            kind="stride",
+        return StridePlan(
             outer_slots=max(math.ceil(capacity / self.k), 1),
             inner_slots=self.k - 1,
             stride=self.k,
@@ -90,7 +87,7 @@ class BinomialCheckpoints(AbstractCheckpointSchedule):
       one segment at a time by revolve. Memory stays at `c` states for any
       number of steps up to `max_steps`; the recomputation is that of revolve on
       each segment, at most a few re-runs per step for the default `c` (see
-      `CheckpointPlan.num_recomputed_steps`, reported by the benchmarks). Compare
+      `OnlinePlan.num_recomputed_steps`, reported by the benchmarks). Compare
       Stumm and Walther's optimal online checkpointing (SIAM J. Sci. Comput. 32,
       2010), which places checkpoints better at the price of a more complex
       schedule.
@@ -121,15 +118,7 @@ class BinomialCheckpoints(AbstractCheckpointSchedule):
             num_steps = min(num_steps, max_steps)
             c = self.num_checkpoints or default_num_checkpoints(num_steps)
             c = max(1, min(c, num_steps))
-            positions, stack = descent(num_steps, c)
-            return CheckpointPlan(
-                kind="descent",
-                outer_slots=c,
-                inner_slots=0,
-                num_steps=num_steps,
-                descent_positions=positions,
-                descent_stack=stack,
-            )
+            return DescentPlan(num_steps, c)
         c = self.num_checkpoints or default_num_checkpoints(max_steps)
         outer = max(c // 2, 1)
-        return CheckpointPlan(kind="online", outer_slots=outer, inner_slots=c - outer)
+        return OnlinePlan(outer_slots=outer, inner_slots=c - outer)
