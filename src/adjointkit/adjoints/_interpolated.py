@@ -6,6 +6,7 @@ from ..interpolation import AbstractInterpolation, HermiteInterpolation
 from ._base import AbstractAdjoint
 from ._continuous import (
     IntegratedParameters,
+    QuadratureParameters,
     _Spec,
     check_continuous,
     continuous_solve,
@@ -30,6 +31,13 @@ class InterpolatedAdjoint(AbstractAdjoint):
     whose storage would otherwise be sized by `max_steps`, however few steps the
     solve takes: `c ~ sqrt(2 max_steps)` kept states and stretches of at most
     about `max_steps / c` steps (89 and 64 for `max_steps=4096`).
+
+    With an implicit backward solver (one that evaluates Jacobians, e.g.
+    `Kvaerno5`, `Rodas5`), `a_θ` is kept out of its Newton matrix: `a_θ` never
+    feeds back into `a`, so the solver steps `a` alone (an `n × n` matrix, not
+    `(n + p) × (n + p)`) and `a_θ` is integrated over each step by an
+    error-controlled quadrature, as `QuadratureAdjoint` does and as SUNDIALS
+    CVODES treats quadrature variables (`seminorm` then has no effect).
 
     The gradient is that of the continuous problem, to the backward solve's and
     the interpolation's accuracy. Reverse mode only; `SaveAt(steps=True)` and
@@ -71,9 +79,16 @@ class InterpolatedAdjoint(AbstractAdjoint):
         check_continuous(
             problem, "InterpolatedAdjoint", self.interpolation, self.checkpoints
         )
+        backward = self.solver if self.solver is not None else problem.solver
+        if backward.evaluates_jacobian:
+            # Integrated with `a`, `a_θ` would enlarge every linear solve of an
+            # implicit step by p rows while not feeding back into `a`.
+            parameters = QuadratureParameters(order=None)
+        else:
+            parameters = IntegratedParameters(seminorm=self.seminorm)
         spec = _Spec(
             primal=trajectory_source(self.interpolation, self.checkpoints, problem),
-            parameters=IntegratedParameters(seminorm=self.seminorm),
+            parameters=parameters,
             solver=self.solver,
             controller=self.controller,
             max_steps=self.max_steps,
