@@ -11,6 +11,9 @@ from ._problems import (
     BenchProblem as BenchProblem,
     lotka_volterra as lotka_volterra,
     neural_ode as neural_ode,
+    robertson as robertson,
+    stiff_neural_ode as stiff_neural_ode,
+    van_der_pol as van_der_pol,
 )
 from ._report import run_metadata as run_metadata, write_results as write_results
 from ._runners import (
