@@ -328,7 +328,10 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
     t_vg = bench.time_call(vg, problem.params, repeats=repeats)
     _, grad = vg(problem.params)
     forward_evals = fwd(problem.params)[1]
-    if forward_evals is None:  # Diffrax's implicit solvers: counted instead
+    if forward_evals is None or problem.stiff:
+        # Diffrax reports no count for its implicit solvers: count both libraries
+        # alike by watching f, where a Jacobian (jacfwd, one vmapped evaluation)
+        # counts once, as do the Newton iterations' evaluations each.
         forward_evals = bench.count_f_evals(
             lambda counted: lambda p: make(counted, adjoint, steps, rtol)(p)[0],
             problem,
