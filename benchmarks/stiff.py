@@ -46,7 +46,17 @@ from adjointkit import benchmarking as bench
 SETTINGS = {
     "robertson": dict(rtol=1e-6, reference="sensitivities"),
     "van_der_pol": dict(rtol=1e-8, reference="sensitivities"),
-    "stiff_neural_ode": dict(rtol=1e-6, reference="tight"),
+    "stiff_neural_ode": dict(
+        rtol=1e-6,
+        reference="tight",
+        # Their backward solves are implicit in (y, a, a_theta) or (a, a_theta),
+        # 1680 or 1648 components with the MLP's 1616 parameters: a dense
+        # Jacobian and LU of that size per backward step. Backsolve on top
+        # follows y backward through decay rates up to 1e4 and fails only at
+        # max_steps. Neither finished within 20 minutes on the 2-core CPU
+        # (2026-12-03); run them with --all.
+        skip=("BacksolveAdjoint", "InterpolatedAdjoint"),
+    ),
 }
 SOLVERS = {"kvaerno5": "K5", "rodas5": "R5"}
 
@@ -205,6 +215,9 @@ def run_problem(name: str, args) -> list[dict]:
     for method, (library, solver, adjoint) in methods().items():
         if args.only and not any(word in method for word in args.only):
             continue
+        if not args.all and any(w in method for w in settings.get("skip", ())):
+            print(f"{name:16s} {method:38s} skipped (--all runs it)", flush=True)
+            continue
         row = dict(problem=name, method=method, library=library, solver=solver)
         row.update(rtol=rtol, atol=rtol * problem.atol_scale)
         rows.append(row)
@@ -278,6 +291,11 @@ def main():
     )
     parser.add_argument(
         "--only", nargs="*", default=None, help="methods whose name contains a word"
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the methods a problem skips by default (too slow to finish)",
     )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
