@@ -405,3 +405,153 @@ def test_plots_show_the_adaptive_rows(tmp_path, monkeypatch):
     assert 5.0 in drawn["memory_vs_steps.png"][1]
     assert 5.0 in drawn["time_vs_steps.png"][1]
     assert 3.0 in drawn["error_vs_time.png"][1]  # 3 ms
+
+
+# --- the stiff problems ----------------------------------------------------------
+
+
+STIFF = ["robertson", "van_der_pol"]
+
+
+@pytest.mark.parametrize("name", STIFF)
+@pytest.mark.parametrize(
+    "extra", [["--steps", "100"], ["--rtol"]], ids=["steps", "no-rtol"]
+)
+def test_compare_stiff_problems_take_adaptive_steps_only(
+    name, extra, monkeypatch, capsys
+):
+    from adjointkit.cli import _compare
+
+    monkeypatch.setattr(_compare, "_reference_grad", _no_work)
+    monkeypatch.setattr(_compare, "_measure", _no_work)
+    assert main(["compare", "--problem", name, *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"{name} is measured with adaptive steps only" in err
+    assert err.count("\n") == 1
+
+
+def test_compare_help_names_the_adaptive_only_problems(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "robertson, van_der_pol: adaptive steps only" in out
+
+
+def _runtime_error() -> Exception:
+    """What a compiled program that hits an Equinox runtime error raises: the
+    message buried in a traceback of the callback that raised it."""
+    import equinox as eqx
+
+    @jax.jit
+    def fails(x):
+        return eqx.error_if(
+            x, x > 0, "The maximum number of solver steps was reached. Try more."
+        )
+
+    try:
+        jax.block_until_ready(fails(jax.numpy.ones(())))
+    except Exception as error:
+        return error
+    raise AssertionError("no error raised")
+
+
+def test_failure_reason_is_the_first_sentence_of_the_error():
+    from adjointkit.cli._compare import _failure_reason, _quiet_callbacks
+
+    with _quiet_callbacks():
+        error = _runtime_error()
+    assert _failure_reason(error) == "The maximum number of solver steps was reached."
+    assert _failure_reason(ValueError("bad value. More.\nline")) == (
+        "ValueError: bad value."
+    )
+
+
+def test_compare_reports_a_failing_method_and_goes_on(tmp_path, monkeypatch, capsys):
+    # BacksolveAdjoint on Robertson: the primal backward in time explodes and the
+    # backward solve fails at run time. The run records the failure in its row,
+    # prints it under the table, and measures the others.
+    from adjointkit.cli import _compare
+
+    seen = []
+
+    def measure(problem, steps, rtol, adjoint, library, repeats):
+        # x64 is on for a float64 problem, whatever the caller's setting.
+        assert jax.config.jax_enable_x64 and problem.y0.dtype == np.float64
+        assert steps == _compare.STIFF_MAX_STEPS and rtol == 1e-6
+        seen.append(type(adjoint).__name__)
+        if type(adjoint).__name__ == "BacksolveAdjoint":
+            raise _runtime_error()
+        return dict(_ROW), problem.params
+
+    monkeypatch.setattr(_compare, "_measure", measure)
+    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
+    monkeypatch.setattr(_compare, "_solve_failure", lambda *a: None)
+    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    argv = ["compare", "--problem", "robertson", "--out", str(tmp_path)]
+    argv += ["--adjoints", "backsolve", "checkpointed"]
+    from adjointkit._compat import enable_x64
+
+    with enable_x64(False):
+        assert main(argv) == 0
+    assert seen == ["BacksolveAdjoint", "CheckpointedAdjoint"]
+    captured = capsys.readouterr()
+    assert "backsolve at rtol 1e-06 failed: The maximum number" in captured.out
+    assert "failed: The maximum number" in captured.err  # the progress log
+    assert "Traceback" not in captured.err
+    results = json.loads((tmp_path / "results.json").read_text())
+    failed, ok = results["rows"]
+    assert failed["failed"].startswith("The maximum number")
+    assert failed["value_and_grad_s"] is None and failed["grad_rel_error"] is None
+    assert ok["failed"] is None and ok["grad_rel_error"] == 0.0
+    assert results["meta"]["solver"] == "kvaerno5" and results["meta"]["float64"]
+
+
+def test_table_shows_a_failed_row_and_why(capsys):
+    from adjointkit.cli._compare import _FIGURES, _print_table
+
+    failed = dict(_table_row(adjoint="backsolve"), **dict.fromkeys(_FIGURES))
+    failed["failed"] = "The backward (adjoint) solve failed."
+    _print_table([_table_row(), failed], "robertson")
+    lines = capsys.readouterr().out.splitlines()
+    (row,) = [line for line in lines if line.count("backsolve") == 1 and " - " in line]
+    assert "failed" in row
+    assert "backsolve at 10 failed: The backward (adjoint) solve failed." in lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STIFF)
+def test_stiff_default_tolerance_suits_the_problem(name):
+    from adjointkit.cli import _compare
+
+    problem = _compare._problem(name, True)
+    with _compare._precision(problem):
+        rtol = _compare.DEFAULT_RTOL[name]
+        assert _compare._solve_failure(problem, _compare.STIFF_MAX_STEPS, rtol) is None
+
+
+@pytest.mark.slow
+def test_compare_quick_on_robertson(tmp_path, capsys):
+    # End to end: Kvaerno5 in float64, the default adjoint and Backsolve (which
+    # fails on Robertson: reported, not raised), and Diffrax's default.
+    argv = ["compare", "--quick", "--problem", "robertson", "--out", str(tmp_path)]
+    argv += ["--adjoints", "checkpointed", "backsolve", "diffrax-recursive"]
+    assert main(argv) == 0
+    rows = {
+        r["adjoint"]: r
+        for r in json.loads((tmp_path / "results.json").read_text())["rows"]
+    }
+    assert "backward (adjoint) solve failed" in rows["backsolve"]["failed"]
+    for name in ("checkpointed", "diffrax-recursive"):
+        row = rows[name]
+        assert row["failed"] is None
+        # rtol 1e-6 over ~50 steps against forward sensitivities at 1e-12:
+        # measured ~1e-6; a wrong gradient is O(1).
+        assert row["grad_rel_error"] < 1e-4
+        assert 10 < row["steps_taken"] < _compare_max_steps()
+        assert row["forward_f_evals"] > row["steps_taken"]
+
+
+def _compare_max_steps():
+    from adjointkit.cli import _compare
+
+    return _compare.STIFF_MAX_STEPS

@@ -11,7 +11,11 @@ from ._problems import (
     BenchProblem as BenchProblem,
     lotka_volterra as lotka_volterra,
     neural_ode as neural_ode,
+    robertson as robertson,
+    stiff_neural_ode as stiff_neural_ode,
+    van_der_pol as van_der_pol,
 )
+from ._reference import sensitivity_grad as sensitivity_grad, tight_grad as tight_grad
 from ._report import run_metadata as run_metadata, write_results as write_results
 from ._runners import (
     adjointkit_loss as adjointkit_loss,

@@ -1,9 +1,11 @@
 """Losses of a benchmark problem solved by adjointkit or by Diffrax, side by side.
 
-Both solve with the same explicit Runge--Kutta method (Tsit5 unless told),
-either with the same constant steps or with the same PID control (`rtol =
-atol`), and report the number of forward evaluations of the
-vector field, so that every benchmark compares like with like.
+Both solve with the same method (the problem's: Tsit5 for the non-stiff problems,
+Kvaerno5 for the stiff ones, unless told), either with the same constant steps or
+with the same PID control (`atol = problem.atol_scale * rtol`), and report the
+number of forward evaluations of the vector field, so that every benchmark
+compares like with like. The implicit solvers take their Newton tolerances from
+the controller in both libraries (Diffrax's default root finder does the same).
 """
 
 from collections.abc import Callable
@@ -13,15 +15,35 @@ import jax.numpy as jnp
 from ._problems import BenchProblem
 
 
-SOLVERS = ("tsit5", "dopri5", "bosh3")
+_CLASSES = {
+    "tsit5": "Tsit5",
+    "dopri5": "Dopri5",
+    "bosh3": "Bosh3",
+    "implicit_euler": "ImplicitEuler",
+    "kvaerno3": "Kvaerno3",
+    "kvaerno5": "Kvaerno5",
+    "rodas5": "Rodas5",
+}
+SOLVERS = tuple(_CLASSES)
+# Evaluations of f per attempted step that a counter in f sees, for the FSAL
+# explicit methods (one more to start): Diffrax reports no count of its own.
+_EXPLICIT_EVALS_PER_STEP = {"tsit5": 6, "dopri5": 6, "bosh3": 3}
 
 
 def _solver(library, name: str):
     if name not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {name!r}.")
-    return getattr(
-        library, {"tsit5": "Tsit5", "dopri5": "Dopri5", "bosh3": "Bosh3"}[name]
-    )()
+    if not hasattr(library, _CLASSES[name]):
+        raise ValueError(f"{library.__name__} has no {_CLASSES[name]} solver.")
+    return getattr(library, _CLASSES[name])()
+
+
+def _settings(problem: BenchProblem, rtol, solver):
+    """`(solver name, atol)`: the problem's own solver unless told, and its atol
+    for `rtol` (None with constant steps)."""
+    solver = problem.solver if solver is None else solver
+    atol = None if rtol is None else problem.atol_scale * rtol
+    return solver, atol
 
 
 def _field_and_args(problem: BenchProblem, params, closure: bool):
@@ -38,19 +60,21 @@ def adjointkit_solve(
     steps: int,
     rtol: float | None = None,
     *,
-    solver: str = "tsit5",
+    solver: str | None = None,
     closure: bool = False,
     **options,
 ):
     """`problem` solved by adjointkit: `steps` constant steps, or, with `rtol`,
-    adaptive steps (at most `steps`). `closure`: `f` closes over `params`
-    instead of taking them as `args`. `options` go to `solve`."""
+    adaptive steps (at most `steps`). `solver`: a name in `SOLVERS` (default:
+    the problem's). `closure`: `f` closes over `params` instead of taking them
+    as `args`. `options` go to `solve`."""
     import adjointkit as ak
 
+    solver, atol = _settings(problem, rtol, solver)
     if rtol is None:
         step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
     else:
-        step_options = dict(controller=ak.PIDController(rtol=rtol, atol=rtol))
+        step_options = dict(controller=ak.PIDController(rtol=rtol, atol=atol))
     f, args = _field_and_args(problem, params, closure)
     return ak.solve(
         f,
@@ -71,7 +95,7 @@ def adjointkit_loss(
     steps: int,
     rtol: float | None = None,
     *,
-    solver: str = "tsit5",
+    solver: str | None = None,
     closure: bool = False,
 ) -> Callable:
     """`params -> (loss, f-evaluations)` with adjointkit: `steps` constant steps,
@@ -98,23 +122,25 @@ def diffrax_solve(
     steps: int,
     rtol: float | None = None,
     *,
-    solver: str = "tsit5",
+    solver: str | None = None,
     closure: bool = False,
     **options,
 ):
     """`problem` solved by Diffrax: `steps` constant steps, or, with `rtol`,
     adaptive steps (at most `steps`), with `params` as `args` or (`closure`)
-    closed over by `f`. `options` go to `diffeqsolve`.
+    closed over by `f`. `solver`: a name in `SOLVERS` (default: the problem's).
+    `options` go to `diffeqsolve`.
 
     `dt0 = (t1 - t0) / steps` divides the interval exactly, so Diffrax's constant
     grid (a first step of `dt0`, then equal steps) is adjointkit's.
     """
     import diffrax
 
+    solver, atol = _settings(problem, rtol, solver)
     if rtol is None:
         dt0, controller = (problem.t1 - problem.t0) / steps, diffrax.ConstantStepSize()
     else:
-        dt0, controller = None, diffrax.PIDController(rtol=rtol, atol=rtol)
+        dt0, controller = None, diffrax.PIDController(rtol=rtol, atol=atol)
     f, args = _field_and_args(problem, params, closure)
     return diffrax.diffeqsolve(
         diffrax.ODETerm(f),
@@ -136,11 +162,15 @@ def diffrax_loss(
     steps: int,
     rtol: float | None = None,
     *,
-    solver: str = "tsit5",
+    solver: str | None = None,
     closure: bool = False,
 ) -> Callable:
     """`params -> (loss, f-evaluations)` with Diffrax: `steps` constant steps, or,
-    with `rtol`, adaptive steps (at most `steps`)."""
+    with `rtol`, adaptive steps (at most `steps`). The count is derived from the
+    steps taken for the explicit methods; for the implicit ones, whose Newton
+    iterations Diffrax does not report, it is `None` (count with
+    `count_f_evals`)."""
+    solver, _ = _settings(problem, None, solver)
 
     def loss(params):
         sol = diffrax_solve(
@@ -156,7 +186,9 @@ def diffrax_loss(
         # (Tsit5, Dopri5: 7; Bosh3: 4), one plus s - 1 per attempted step is what
         # a counter in f sees, with constant steps and with PID control alike
         # (tests/test_harness.py checks it for Tsit5).
-        per_step = {"tsit5": 6, "dopri5": 6, "bosh3": 3}[solver]
+        if solver not in _EXPLICIT_EVALS_PER_STEP:
+            return problem.loss(sol.ys[-1]), None
+        per_step = _EXPLICIT_EVALS_PER_STEP[solver]
         return problem.loss(sol.ys[-1]), 1 + per_step * jnp.asarray(
             sol.stats["num_steps"]
         )

@@ -1,6 +1,9 @@
 """`adjointkit compare`: what each adjoint costs and gives, measured here."""
 
+import contextlib
+import logging
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +66,11 @@ DEFAULT_STEPS = {
     # range) every adjoint's gradient is within 0.4% of the float64 reference,
     # within ~1e-4 at N = 200 and at float32's rounding (~1e-6) at N = 400.
     "lotka_volterra": ((100, 200), (100, 400)),
+    # The stiff problems are measured with adaptive steps only: constant Tsit5
+    # steps would need h below ~1e-4 over t1 = 1e4 (Robertson), and constant
+    # implicit steps miss the fast transients that the controller finds.
+    "robertson": ((), ()),
+    "van_der_pol": ((), ()),
 }
 
 
@@ -70,8 +78,13 @@ def _steps_help() -> str:
     defaults = "; ".join(
         f"{name} {' '.join(map(str, full))} (--quick: {' '.join(map(str, quick))})"
         for name, (quick, full) in DEFAULT_STEPS.items()
+        if full
     )
-    return f"numbers of constant Tsit5 steps (default, per problem: {defaults})"
+    adaptive_only = ", ".join(n for n, (_, full) in DEFAULT_STEPS.items() if not full)
+    return (
+        f"numbers of constant Tsit5 steps (default, per problem: {defaults}; "
+        f"{adaptive_only}: adaptive steps only)"
+    )
 
 
 # The adaptive setting (Tsit5 under PIDController, rtol = atol) run after the
@@ -95,6 +108,15 @@ DEFAULT_RTOL = {
     # N = 100 at about the same cost. rtol 1e-5: 69 steps, ~7e-4; 1e-4: 45
     # steps, ~1e-2; 1e-3: O(1) off.
     "lotka_volterra": 1e-6,
+    # The stiff problems: Kvaerno5 in float64 (atol = 1e-4 rtol for Robertson,
+    # whose y2 is ~1e-5). Robertson over [0, 1e4] at 1e-6: ~50 steps, gradient
+    # error ~1e-6 (measured). Van der Pol over [0, 1000] crosses its fast jump
+    # at t ~ 807, whose time depends on mu: at 1e-6 every solver's gradient
+    # with respect to mu is O(1) off (Kvaerno5 2.7x the reference, Rodas5 1.8x,
+    # Diffrax's Kvaerno5 0.3x); at 1e-8, ~300 steps and 5% (Kvaerno5), 0.03%
+    # (Rodas5), 0.2% (Diffrax, ~3000 steps, half rejected).
+    "robertson": 1e-6,
+    "van_der_pol": 1e-8,
 }
 
 
@@ -103,7 +125,9 @@ def _rtol_help() -> str:
     return (
         "tolerances (rtol = atol) of the adaptive Tsit5 runs that follow the "
         f"constant steps (default, per problem: {defaults}); --rtol with no value "
-        "runs constant steps only"
+        "runs constant steps only. The stiff problems (robertson, van_der_pol) "
+        "run Kvaerno5 in float64 with adaptive steps only (robertson: atol = "
+        "1e-4 rtol)"
     )
 
 
@@ -111,6 +135,13 @@ def _rtol_help() -> str:
 # adjoints that keep every step (the interpolating ones; DirectAdjoint only for
 # SaveAt(steps=True) or dense output, its loop's memory hardly depends on it).
 ADAPTIVE_MAX_STEPS = 1024
+# The stiff problems' bound: Diffrax's Kvaerno5 takes ~3000 steps (half of them
+# rejected) on van der Pol at 1e-8, where adjointkit's takes ~300.
+STIFF_MAX_STEPS = 4096
+
+
+def _max_steps(problem: bench.BenchProblem) -> int:
+    return STIFF_MAX_STEPS if problem.stiff else ADAPTIVE_MAX_STEPS
 
 
 def add_parser(sub):
@@ -171,6 +202,12 @@ def _problem(name: str, quick: bool) -> bench.BenchProblem:
     return bench.PROBLEMS[name]()
 
 
+def _precision(problem: bench.BenchProblem):
+    """JAX's 64-bit types on for a float64 problem (the stiff ones); the caller's
+    setting, untouched, for the others."""
+    return enable_x64(True) if problem.x64 else contextlib.nullcontext()
+
+
 def _solve_failure(problem: bench.BenchProblem, steps: int, rtol) -> str | None:
     """Why Tsit5 cannot solve `problem` with `steps` constant steps (or, with
     `rtol`, adaptive ones, at most `steps`), in words, or `None` when it can.
@@ -187,7 +224,12 @@ def _solve_failure(problem: bench.BenchProblem, steps: int, rtol) -> str | None:
 
     result, finite_loss = outcome(problem.params)
     successful = result == ak.RESULTS.successful
-    if rtol is None:
+    if problem.stiff:
+        setting = (
+            f"--rtol {rtol:g}: {problem.solver} with adaptive steps (at most {steps})"
+        )
+        hint = "try another --rtol"
+    elif rtol is None:
         dt = (problem.t1 - problem.t0) / steps
         setting = f"--steps {steps}: Tsit5 with {steps} constant steps (dt = {dt:.3g})"
         defaults = " ".join(map(str, DEFAULT_STEPS[problem.name][1]))
@@ -213,8 +255,13 @@ def _to64(tree):
 
 def _reference_grad(problem: bench.BenchProblem):
     """Float64 gradient from Dopri8 with many constant steps: accurate to near
-    rounding for these smooth problems, whatever adjoint is being judged."""
+    rounding for these smooth problems, whatever adjoint is being judged. For the
+    stiff ones, from the forward sensitivity equations solved by Rodas5 at rtol
+    1e-12 (no adjoint involved; see `benchmarking.sensitivity_grad`)."""
     import adjointkit as ak
+
+    if problem.stiff:
+        return bench.sensitivity_grad(problem, rtol=1e-12)
 
     with enable_x64(True):
         params, y0 = _to64(problem.params), _to64(problem.y0)
@@ -280,7 +327,17 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
     t_fwd = bench.time_call(fwd, problem.params, repeats=repeats)
     t_vg = bench.time_call(vg, problem.params, repeats=repeats)
     _, grad = vg(problem.params)
-    forward_evals = int(fwd(problem.params)[1])
+    forward_evals = fwd(problem.params)[1]
+    if forward_evals is None or problem.stiff:
+        # Diffrax reports no count for its implicit solvers: count both libraries
+        # alike by watching f, where a Jacobian (jacfwd, one vmapped evaluation)
+        # counts once, as do the Newton iterations' evaluations each.
+        forward_evals = bench.count_f_evals(
+            lambda counted: lambda p: make(counted, adjoint, steps, rtol)(p)[0],
+            problem,
+            problem.params,
+        )
+    forward_evals = int(forward_evals)
     # Counted in a separate, untimed run that watches f (alike for both libraries).
     gradient_evals = bench.count_f_evals(
         lambda counted: jax.grad(lambda p: make(counted, adjoint, steps, rtol)(p)[0]),
@@ -302,6 +359,46 @@ def _measure(problem, steps, rtol, adjoint, library, repeats):
     ), grad
 
 
+# The fields of a row that a method which fails has no figures for.
+_FIGURES = (
+    "forward_s",
+    "value_and_grad_s",
+    "ratio",
+    "temp_bytes",
+    "device_peak_bytes",
+    "forward_f_evals",
+    "backward_f_evals",
+    "steps_taken",
+    "rejected_steps",
+    "grad_rel_error",
+)
+
+
+def _failure_reason(error: Exception) -> str:
+    """The first sentence of what went wrong, without the traceback a runtime
+    error from inside a compiled program carries: e.g. "The maximum number of
+    solver steps was reached."."""
+    text = str(error)
+    found = re.search(r"EquinoxRuntimeError: (.+)", text)
+    line = found.group(1) if found else (text.strip().splitlines() or [""])[0]
+    line = re.split(r"(?<=\.) ", line.strip(), maxsplit=1)[0]
+    return f"{type(error).__name__}: {line}" if not found else line
+
+
+@contextlib.contextmanager
+def _quiet_callbacks():
+    """JAX logs the traceback of an error raised in a callback (Equinox's runtime
+    errors are) before raising it: a failed method is reported in a line of the
+    table instead."""
+    logger = logging.getLogger("jax._src.callback")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _fail(message: str) -> int:
     print(f"adjointkit compare: {message}", file=sys.stderr)
     return 2
@@ -309,13 +406,19 @@ def _fail(message: str) -> int:
 
 def run(args) -> int:
     quick_steps, full_steps = DEFAULT_STEPS[args.problem]
+    adaptive_only = not full_steps
+    if adaptive_only and (args.steps or args.rtol == []):
+        return _fail(
+            f"{args.problem} is measured with adaptive steps only: drop --steps "
+            "and give --rtol a value (or leave it out)"
+        )
     steps_list = args.steps or list(quick_steps if args.quick else full_steps)
     if any(n < 1 for n in steps_list):
         return _fail("--steps must be positive integers")
     rtols = [DEFAULT_RTOL[args.problem]] if args.rtol is None else args.rtol
     if any(not (0 < r < 1) for r in rtols):
         return _fail("--rtol must be in (0, 1)")
-    available = _adjoints_for(steps_list[0])
+    available = _adjoints_for(steps_list[0] if steps_list else STIFF_MAX_STEPS)
     names = args.adjoints or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -326,10 +429,15 @@ def run(args) -> int:
         return _fail(why)
 
     problem = _problem(args.problem, args.quick)
+    with _precision(problem):
+        return _run(args, problem, names, steps_list, rtols)
+
+
+def _run(args, problem, names, steps_list, rtols) -> int:
     repeats = 3 if args.quick else 10
     # (label, steps, rtol) per setting: constant steps first, then adaptive ones.
     settings = [(str(n), n, None) for n in steps_list]
-    settings += [(f"rtol {r:g}", ADAPTIVE_MAX_STEPS, r) for r in rtols]
+    settings += [(f"rtol {r:g}", _max_steps(problem), r) for r in rtols]
     for _, steps, rtol in settings:
         why = _solve_failure(problem, steps, rtol)
         if why is not None:
@@ -343,16 +451,27 @@ def run(args) -> int:
         for (label, steps, rtol), name in jobs:
             progress.start(f"{name} at {label}")
             library, adjoint = _adjoints_for(steps)[name]
-            row, grad = _measure(problem, steps, rtol, adjoint, library, repeats)
+            try:
+                with _quiet_callbacks():
+                    row, grad = _measure(
+                        problem, steps, rtol, adjoint, library, repeats
+                    )
+            except Exception as error:  # e.g. an adjoint unstable on a stiff problem
+                row = dict.fromkeys(_FIGURES)
+                row.update(failed=_failure_reason(error), device_peak_exact=False)
+            else:
+                row.update(failed=None, grad_rel_error=_rel_error(grad, reference))
             row.update(
                 adjoint=name,
                 library=library,
                 steps=steps if rtol is None else None,
                 rtol=rtol,
                 setting=label,
-                grad_rel_error=_rel_error(grad, reference),
             )
             rows.append(row)
+            if row["failed"] is not None:
+                progress.done(f"failed: {row['failed']}")
+                continue
             taken = "" if rtol is None else f"{_steps_label(row)} steps, "
             progress.done(
                 f"{taken}v+g {1e3 * row['value_and_grad_s']:.2f} ms, "
@@ -364,7 +483,9 @@ def run(args) -> int:
         benchmark="compare",
         problem=problem.name,
         quick=args.quick,
-        adaptive_max_steps=ADAPTIVE_MAX_STEPS,
+        adaptive_max_steps=_max_steps(problem),
+        solver=problem.solver,
+        float64=bool(problem.x64),
     )
     bench.write_results(args.out, "results.json", meta, rows)
     plots = _plot(rows, args.out, problem.name)
@@ -456,8 +577,11 @@ def _print_table(rows, problem_name):
         "bwd f-evals",
         "grad rel err",
     ]
+    failed = [r for r in rows if r.get("failed")]
     lines = [
-        [
+        [r["adjoint"], r["setting"], "failed", *["-"] * (len(headers) - 3)]
+        if r.get("failed")
+        else [
             r["adjoint"],
             r["setting"],
             _steps_label(r),
@@ -475,6 +599,9 @@ def _print_table(rows, problem_name):
         # A GPU: the allocator's peak too ("<=": an earlier, larger run set it).
         headers.insert(7, "peak MiB")
         for line, r in zip(lines, rows, strict=True):
+            if r.get("failed"):
+                line.insert(7, "-")
+                continue
             bound = "" if r["device_peak_exact"] else "<= "
             line.insert(7, f"{bound}{r['device_peak_bytes'] / 2**20:.1f}")
     # A rule between the constant-step rows and the adaptive ones, which follow.
@@ -501,6 +628,8 @@ def _print_table(rows, problem_name):
         if not console.is_terminal:  # a log or a pipe: never squeeze the table
             console = Console(width=160)
         console.print(table)
+        for r in failed:
+            console.print(escape(_failure_line(r)), soft_wrap=True)
     except ImportError:
         widths = [
             max(len(h), *(len(line[i]) for line in lines))
@@ -511,6 +640,12 @@ def _print_table(rows, problem_name):
             print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
             if i in section_ends:
                 print()
+        for r in failed:
+            print(_failure_line(r))
+
+
+def _failure_line(row) -> str:
+    return f"{row['adjoint']} at {row['setting']} failed: {row['failed']}"
 
 
 # Markers of the adaptive rows in the plots, one per tolerance (drawn hollow).
@@ -545,6 +680,7 @@ def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
     from matplotlib import ticker
     from matplotlib.lines import Line2D
 
+    rows = [r for r in rows if not r.get("failed")]  # no figures to draw
     names = list(dict.fromkeys(r["adjoint"] for r in rows))
     palette = plt.get_cmap("tab20").colors
     colour = {name: palette[i % len(palette)] for i, name in enumerate(names)}
