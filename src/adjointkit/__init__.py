@@ -46,6 +46,8 @@ from .solvers import (
     Kvaerno5 as Kvaerno5,
     Midpoint as Midpoint,
     Ralston as Ralston,
+    Reversible as Reversible,
+    ReversibleHeun as ReversibleHeun,
     Rodas5 as Rodas5,
     Tsit5 as Tsit5,
 )
