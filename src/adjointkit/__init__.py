@@ -12,6 +12,7 @@ from .adjoints import (
     DirectAdjoint as DirectAdjoint,
     InterpolatedAdjoint as InterpolatedAdjoint,
     QuadratureAdjoint as QuadratureAdjoint,
+    ReversibleAdjoint as ReversibleAdjoint,
     collect_backward_stats as collect_backward_stats,
 )
 from .checkpointing import (
