@@ -67,29 +67,6 @@ def _step_time(problem: Problem, times, num_accepted, n):
     )
 
 
-def _step(problem: Problem, y, state, times, num_accepted, n):
-    """Accepted step `n` from `(y, state)`, as the forward loop took it: the new
-    `(y, state)` and the `StepRecord` the recorders saw."""
-    ta = _step_time(problem, times, num_accepted, n)
-    tb = _step_time(problem, times, num_accepted, n + 1)
-    solver = configured_solver(problem)
-    out = solver.step(problem.vector_field, ta, tb, y, problem.args, state)
-    record = StepRecord(
-        attempt=n,
-        index=n,
-        t0=ta,
-        t1=tb,
-        y0=y,
-        y1=out.y1,
-        f0=solver.func(state),
-        f1=solver.func(out.state),
-        dense_info=out.dense_info,
-        accepted=jnp.array(True),
-        state=None,
-    )
-    return (out.y1, out.state), record
-
-
 def _initial(problem: Problem):
     state0 = configured_solver(problem).init(
         problem.vector_field, problem.t0, problem.y0, problem.args
@@ -137,7 +114,7 @@ def _solve_fwd(perturbed, problem: Problem):
 @_solve.def_bwd
 def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem):
     del perturbed
-    y_end, state_end, times, num_accepted, records = residuals
+    y_end, state_end, times_kept, num_accepted, records = residuals
     ct_summary, ct_plain = grad_obj
     solver = configured_solver(problem)
     recorders = output_recorders(problem)
@@ -150,30 +127,58 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem):
     def body(i, carry):
         y, state, ct_y, ct_state, ct_records, ct_problem = carry
         n = num_accepted - 1 - i
-        # Undo step n, then pull the cotangents back through it, taken afresh
-        # from the reconstructed state.
-        ta = _step_time(problem, times, num_accepted, n)
-        tb = _step_time(problem, times, num_accepted, n + 1)
-        y_prev, state_prev = solver.backward_step(
-            problem.vector_field, ta, tb, y, problem.args, state
+
+        def times(p):
+            return (
+                _step_time(p, times_kept, num_accepted, n),
+                _step_time(p, times_kept, num_accepted, n + 1),
+            )
+
+        def unpack(p):
+            return (p.vector_field, *times(p), p.args)
+
+        record_pullback = None
+        if recorders:
+
+            def record_pullback(y0, y1, f0, f1, dense_info):
+                # What was saved from step n, pulled back into its values.
+                ta, tb = times(problem)
+                step = StepRecord(
+                    attempt=n,
+                    index=n,
+                    t0=ta,
+                    t1=tb,
+                    y0=y0,
+                    y1=y1,
+                    f0=f0,
+                    f1=f1,
+                    dense_info=dense_info,
+                    accepted=jnp.array(True),
+                    state=None,
+                )
+                ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
+                new_ct_records = {}
+                for name, rec in recorders.items():
+                    ct_rec, ct_step_rec = rec.pullback(
+                        records[name], ct_records[name], step
+                    )
+                    new_ct_records[name] = zeros_where_none(ct_rec, records[name])
+                    ct_step = tree_add(ct_step, zeros_where_none(ct_step_rec, step))
+                _, vjp_times = eqx.filter_vjp(times, problem)
+                (ct_p_times,) = vjp_times((ct_step.t0, ct_step.t1))
+                cts = (ct_step.y0, ct_step.y1, ct_step.f0, ct_step.f1)
+                return (*cts, ct_step.dense_info), (new_ct_records, ct_p_times)
+
+        y, state, ct_p, ct_y, ct_state, aux = solver.reverse_step(
+            unpack, problem, y, state, ct_y, ct_state, record_pullback
         )
-        (_, step), vjp_fn = eqx.filter_vjp(
-            lambda p, y0, s0: _step(p, y0, s0, times, num_accepted, n),
-            problem,
-            y_prev,
-            state_prev,
-        )
-        ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
-        new_ct_records = {}
-        for name, rec in recorders.items():
-            ct_rec, ct_step_rec = rec.pullback(records[name], ct_records[name], step)
-            new_ct_records[name] = zeros_where_none(ct_rec, records[name])
-            ct_step = tree_add(ct_step, zeros_where_none(ct_step_rec, step))
-        ct_p, ct_y, ct_state = vjp_fn(((ct_y, ct_state), ct_step))
         ct_problem = tree_add(ct_problem, zeros_where_none(ct_p, problem))
-        ct_y = zeros_where_none(ct_y, y_prev)
-        ct_state = zeros_where_none(ct_state, state_prev)
-        return y_prev, state_prev, ct_y, ct_state, new_ct_records, ct_problem
+        if aux is not None:
+            ct_records, ct_p_times = aux
+            ct_problem = tree_add(ct_problem, zeros_where_none(ct_p_times, problem))
+        ct_y = zeros_where_none(ct_y, y)
+        ct_state = zeros_where_none(ct_state, state)
+        return y, state, ct_y, ct_state, ct_records, ct_problem
 
     carry = (y_end, state_end, ct_y, ct_state, ct_records, ct_problem)
     _, _, ct_y, ct_state, ct_records, ct_problem = lax.fori_loop(

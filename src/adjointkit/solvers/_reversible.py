@@ -15,6 +15,7 @@ import abc
 from collections.abc import Callable
 
 import equinox as eqx
+import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree, Real
@@ -31,7 +32,12 @@ class AbstractReversibleSolver(AbstractSolver):
 
     - `backward_step(f, t0, t1, y1, args, state1) -> (y0, state0)`: the inverse of
       `step` over `[t0, t1]`: from the state `y1` and carried `state1` at `t1`
-      that a `step` from `t0` returned, the `y0` and `state0` it started from.
+      that a `step` from `t0` returned, the `y0` and `state0` it started from;
+    - `reverse_step(unpack, p, y1, state1, ct_y1, ct_state1, record_pullback)`:
+      one step of a reverse-mode backward pass (`ReversibleAdjoint`): undo the
+      step and pull the cotangents back through it (see its docstring);
+      `reverse_by_inverse` implements it for any solver from `backward_step` and
+      a VJP of `step`.
 
     Its carried state is an `AbstractAuxiliaryState` (it holds more than
     `(t, y)` determines), so checkpoints keep it whole.
@@ -54,6 +60,72 @@ class AbstractReversibleSolver(AbstractSolver):
 
         **Returns:** `(y0, state0)`: the state and carried state at `t0`.
         """
+
+    @abc.abstractmethod
+    def reverse_step(
+        self,
+        unpack: Callable,
+        p: PyTree,
+        y1: PyTree,
+        state1,
+        ct_y1: PyTree,
+        ct_state1: PyTree,
+        record_pullback: Callable | None,
+    ):
+        """Undo one step and pull cotangents back through it.
+
+        **Arguments:**
+
+        - `unpack(p) -> (f, t0, t1, args)`: the step's vector field, end points
+          and `args` as a function of the differentiable `p`;
+        - `y1`, `state1`: the state and carried state at the step's end;
+        - `ct_y1`, `ct_state1`: their cotangents (explicit zeros where none);
+        - `record_pullback(y0, y1, f0, f1, dense_info) -> (cts, aux)`: the
+          cotangents `(ct_y0, ct_y1, ct_f0, ct_f1, ct_dense_info)` that what was
+          saved from this step sends back into it (from the step's values), and
+          anything the caller wants back; `None` when nothing was saved.
+
+        **Returns:** `(y0, state0, ct_p, ct_y0, ct_state0, aux)`: the reconstructed
+        start of the step, the cotangents of `p`, `y0` and `state0`, and
+        `record_pullback`'s `aux` (`None` without it).
+        """
+
+
+def reverse_by_inverse(
+    solver: AbstractReversibleSolver,
+    unpack,
+    p,
+    y1,
+    state1,
+    ct_y1,
+    ct_state1,
+    record_pullback,
+):
+    """`reverse_step` for any reversible solver: `backward_step`, then the VJP
+    of `step` taken afresh from the reconstructed start."""
+    f, t0, t1, args = unpack(p)
+    y0, state0 = solver.backward_step(f, t0, t1, y1, args, state1)
+
+    def forward(p, y0, state0):
+        f, t0, t1, args = unpack(p)
+        out = solver.step(f, t0, t1, y0, args, state0)
+        saved = (out.y1, solver.func(state0), solver.func(out.state), out.dense_info)
+        return (out.y1, out.state), saved
+
+    ((_, _), saved), vjp_fn = eqx.filter_vjp(forward, p, y0, state0)
+    y1_again, f0, f1, dense_info = saved
+    aux = None
+    ct_y0_saved = None
+    ct_saved = jtu.tree_map(jnp.zeros_like, saved)
+    if record_pullback is not None:
+        (ct_y0_saved, ct_y1_saved, ct_f0, ct_f1, ct_dense), aux = record_pullback(
+            y0, y1_again, f0, f1, dense_info
+        )
+        ct_saved = (ct_y1_saved, ct_f0, ct_f1, ct_dense)
+    ct_p, ct_y0, ct_state0 = vjp_fn(((ct_y1, ct_state1), ct_saved))
+    if ct_y0_saved is not None:
+        ct_y0 = _add(ct_y0, ct_y0_saved)
+    return y0, state0, ct_p, ct_y0, ct_state0, aux
 
 
 def _axpy(a, x, y):
@@ -234,6 +306,96 @@ class Reversible(AbstractReversibleSolver):
         fy0 = f(t0, y0, args)
         return y0, ReversibleState(z=z0, fz=fz0, fy=fy0)
 
+    def reverse_step(
+        self,
+        unpack: Callable,
+        p: PyTree,
+        y1: PyTree,
+        state1: ReversibleState,
+        ct_y1: PyTree,
+        ct_state1: ReversibleState,
+        record_pullback: Callable | None,
+    ):
+        """Undo the step and pull back through it, one half at a time.
+
+        The step is two shears, `y1 = λ y0 + G(z0)` with `G(z) = Φ(t0, t1, z) -
+        λ z`, then `z1 = z0 + y1 - Φ(t1, t0, y1)`. Undoing each one evaluates its
+        base step at exactly the point its VJP needs, so the base step is
+        linearised once, where `reverse_by_inverse` would evaluate it for the
+        inverse and again for the VJP; and (when nothing was saved from the step)
+        the second shear is pulled back before the first is linearised, so only
+        one base step's intermediate values are held at a time. `f(t0, z0)` is
+        recomputed inside the first shear rather than taken from the carried
+        state (the same function), so the cotangent of the carried `fz` is
+        neither used nor produced (it is zero here, as every caller's is).
+        """
+        lam = self.coupling
+        base = self.solver
+        want_dense = record_pullback is not None
+
+        def back_half(p, y1):
+            f, t0, t1, args = unpack(p)
+            fy1 = f(t1, y1, args)
+            return base.step(f, t1, t0, y1, args, fy1).y1, fy1
+
+        (phi_back, fy1), vjp_back = eqx.filter_vjp(back_half, p, y1)
+        z0 = _add(_sub(state1.z, y1), phi_back)
+
+        def forward_half(p, z0):
+            f, t0, t1, args = unpack(p)
+            fz0 = f(t0, z0, args)
+            out = base.step(f, t0, t1, z0, args, fz0)
+            return out.y1, (out.dense_info if want_dense else None)
+
+        if want_dense:
+            (phi, base_dense), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
+            y0 = _axpy(1 / lam, _sub(y1, phi), z0)
+            f, t0, _, args = unpack(p)
+            fy0 = f(t0, y0, args)
+            (ct_y0_s, ct_y1_s, ct_f0, ct_f1, ct_dense), aux = record_pullback(
+                y0, y1, fy0, fy1, (z0, base_dense)
+            )
+            ct_z0_s, ct_base_dense = ct_dense
+            ct_y1 = _add(ct_y1, ct_y1_s)
+            ct_fy1 = _add(ct_state1.fy, ct_f1)
+        else:
+            aux = None
+            ct_fy1 = ct_state1.fy
+        # z1 = z0 + y1 - Φ(t1, t0, y1)
+        ct_z1 = ct_state1.z
+        neg = jtu.tree_map(jnp.negative, ct_z1)
+        ct_p_back, ct_y1_back = vjp_back((neg, ct_fy1))
+        ct_y1 = _add(_add(ct_y1, ct_z1), ct_y1_back)
+        if not want_dense:
+            # Pull back the second shear before linearising the first.
+            z0, ct_y1, ct_p_back = lax.optimization_barrier((z0, ct_y1, ct_p_back))
+            (phi, _), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
+            y0 = _axpy(1 / lam, _sub(y1, phi), z0)
+            f, t0, _, args = unpack(p)
+            fy0 = f(t0, y0, args)
+            ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, None))
+            ct_y0 = jtu.tree_map(lambda c: lam * c, ct_y1)
+            ct_fy0 = jtu.tree_map(jnp.zeros_like, fy0)
+        else:
+            ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, ct_base_dense))
+            ct_y0 = _axpy(lam, ct_y1, ct_y0_s)
+            ct_z0_fwd = _add(ct_z0_fwd, ct_z0_s)
+            ct_fy0 = ct_f0
+        # y1 = λ (y0 - z0) + Φ(t0, t1, z0)
+        ct_z0 = _add(_axpy(-lam, ct_y1, ct_z1), ct_z0_fwd)
+        ct_p = jtu.tree_map(
+            lambda a, b: None if a is None else a + b,
+            ct_p_back,
+            ct_p_fwd,
+            is_leaf=lambda x: x is None,
+        )
+        fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
+        state0 = ReversibleState(z=z0, fz=fz0, fy=fy0)
+        ct_state0 = ReversibleState(
+            z=ct_z0, fz=jtu.tree_map(jnp.zeros_like, fy0), fy=ct_fy0
+        )
+        return y0, state0, ct_p, ct_y0, ct_state0, aux
+
     def interpolate(
         self,
         t0: Real[Array, ""],
@@ -369,6 +531,22 @@ class ReversibleHeun(AbstractReversibleSolver):
             state.fhat,
         )
         return y0, ReversibleHeunState(yhat=yhat0, fhat=fhat0)
+
+    def reverse_step(
+        self,
+        unpack: Callable,
+        p: PyTree,
+        y1: PyTree,
+        state1: ReversibleHeunState,
+        ct_y1: PyTree,
+        ct_state1: ReversibleHeunState,
+        record_pullback: Callable | None,
+    ):
+        """`reverse_by_inverse`: one evaluation to undo the step, and the VJP of
+        a step (one more)."""
+        return reverse_by_inverse(
+            self, unpack, p, y1, state1, ct_y1, ct_state1, record_pullback
+        )
 
     def interpolate(
         self,
