@@ -327,7 +327,9 @@ class Reversible(AbstractReversibleSolver):
         one base step's intermediate values are held at a time. `f(t0, z0)` is
         recomputed inside the first shear rather than taken from the carried
         state (the same function), so the cotangent of the carried `fz` is
-        neither used nor produced (it is zero here, as every caller's is).
+        neither used nor produced (it is zero here, as every caller's is). When
+        nothing was saved from the step, the returned state's `fz` and `fy` are
+        not recomputed (the next `reverse_step` reads only `z`).
         """
         lam = self.coupling
         base = self.solver
@@ -371,11 +373,9 @@ class Reversible(AbstractReversibleSolver):
             z0, ct_y1, ct_p_back = lax.optimization_barrier((z0, ct_y1, ct_p_back))
             (phi, _), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
             y0 = _axpy(1 / lam, _sub(y1, phi), z0)
-            f, t0, _, args = unpack(p)
-            fy0 = f(t0, y0, args)
             ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, None))
             ct_y0 = jtu.tree_map(lambda c: lam * c, ct_y1)
-            ct_fy0 = jtu.tree_map(jnp.zeros_like, fy0)
+            ct_fy0 = jtu.tree_map(jnp.zeros_like, ct_state1.fy)
         else:
             ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, ct_base_dense))
             ct_y0 = _axpy(lam, ct_y1, ct_y0_s)
@@ -389,10 +389,16 @@ class Reversible(AbstractReversibleSolver):
             ct_p_fwd,
             is_leaf=lambda x: x is None,
         )
-        fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
-        state0 = ReversibleState(z=z0, fz=fz0, fy=fy0)
+        if want_dense:
+            fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
+            state0 = ReversibleState(z=z0, fz=fz0, fy=fy0)
+        else:
+            # Nothing reads the carried evaluations here (the next reverse_step
+            # recomputes what it needs): leave them, and two evaluations of `f`
+            # and their working memory, out.
+            state0 = ReversibleState(z=z0, fz=state1.fz, fy=state1.fy)
         ct_state0 = ReversibleState(
-            z=ct_z0, fz=jtu.tree_map(jnp.zeros_like, fy0), fy=ct_fy0
+            z=ct_z0, fz=jtu.tree_map(jnp.zeros_like, ct_state1.fz), fy=ct_fy0
         )
         return y0, state0, ct_p, ct_y0, ct_state0, aux
 
