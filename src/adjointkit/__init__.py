@@ -12,6 +12,7 @@ from .adjoints import (
     DirectAdjoint as DirectAdjoint,
     InterpolatedAdjoint as InterpolatedAdjoint,
     QuadratureAdjoint as QuadratureAdjoint,
+    ReversibleAdjoint as ReversibleAdjoint,
     collect_backward_stats as collect_backward_stats,
 )
 from .checkpointing import (
@@ -46,6 +47,8 @@ from .solvers import (
     Kvaerno5 as Kvaerno5,
     Midpoint as Midpoint,
     Ralston as Ralston,
+    Reversible as Reversible,
+    ReversibleHeun as ReversibleHeun,
     Rodas5 as Rodas5,
     Tsit5 as Tsit5,
 )

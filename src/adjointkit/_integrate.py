@@ -33,7 +33,7 @@ from ._solution import RESULTS
 from ._tree import tree_all_finite, tree_where
 from .controllers._constant import grid_time
 from .solvers import AbstractSolver
-from .solvers._base import SolverStep
+from .solvers._base import AbstractAuxiliaryState, SolverStep
 
 
 class GridState(eqx.Module):
@@ -99,6 +99,16 @@ def _end_tolerance(problem: Problem):
 def _clip_to_end(problem: Problem, tnext):
     tnext = jnp.minimum(tnext, problem.t1)
     return jnp.where(tnext >= problem.t1 - _end_tolerance(problem), problem.t1, tnext)
+
+
+def _drop_solver_state(state):
+    """A stepper state without the solver's carried state, which a restore
+    recomputes from `(t, y)` with `init`; unless it is an `AbstractAuxiliaryState`
+    (a reversible solver's second solution), which is not a function of `(t, y)`
+    and is kept."""
+    if isinstance(state.f, AbstractAuxiliaryState):
+        return state
+    return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
 
 
 def configured_solver(problem: Problem) -> AbstractSolver:
@@ -167,8 +177,9 @@ class GridStepper(eqx.Module):
 
     def checkpoint(self, state: GridState) -> GridState:
         """What a checkpoint keeps: the step number and `y`. (`f` is one
-        evaluation away, and would double the memory of every checkpoint.)"""
-        return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
+        evaluation away, and would double the memory of every checkpoint; an
+        `AbstractAuxiliaryState` is kept whole.)"""
+        return _drop_solver_state(state)
 
     def time(self, problem: Problem, state: GridState) -> Real[Array, ""]:
         return grid_time(problem.t0, problem.t1, state.n, problem.num_steps)
@@ -179,6 +190,8 @@ class GridStepper(eqx.Module):
     def restore(self, problem: Problem, kept: GridState) -> GridState:
         """The state a checkpoint was taken from (bit for bit: `f` is recomputed
         exactly as the step that produced it computed it)."""
+        if kept.f is not None:
+            return kept
         t = grid_time(problem.t0, problem.t1, kept.n, problem.num_steps)
         f = configured_solver(problem).init(
             problem.vector_field, t, kept.y, problem.args
@@ -343,8 +356,9 @@ class ControlledStepper(eqx.Module):
         return new_state, step
 
     def checkpoint(self, state: ControlledState) -> ControlledState:
-        """What a checkpoint keeps: everything but `f`, one evaluation away."""
-        return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
+        """What a checkpoint keeps: everything but `f`, one evaluation away
+        (unless it is an `AbstractAuxiliaryState`)."""
+        return _drop_solver_state(state)
 
     def time(self, problem: Problem, state: ControlledState) -> Real[Array, ""]:
         del problem
@@ -354,6 +368,8 @@ class ControlledStepper(eqx.Module):
         return state.num_accepted
 
     def restore(self, problem: Problem, kept: ControlledState) -> ControlledState:
+        if kept.f is not None:
+            return kept
         f = configured_solver(problem).init(
             problem.vector_field, kept.t, kept.y, problem.args
         )

@@ -7,3 +7,4 @@ from ._continuous import collect_backward_stats as collect_backward_stats
 from ._direct import DirectAdjoint as DirectAdjoint
 from ._interpolated import InterpolatedAdjoint as InterpolatedAdjoint
 from ._quadrature import QuadratureAdjoint as QuadratureAdjoint
+from ._reversible import ReversibleAdjoint as ReversibleAdjoint

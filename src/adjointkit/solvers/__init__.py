@@ -21,6 +21,11 @@ from ._kvaerno import (
     Kvaerno3 as Kvaerno3,
     Kvaerno5 as Kvaerno5,
 )
+from ._reversible import (
+    AbstractReversibleSolver as AbstractReversibleSolver,
+    Reversible as Reversible,
+    ReversibleHeun as ReversibleHeun,
+)
 from ._rosenbrock import (
     AbstractRosenbrock as AbstractRosenbrock,
     Rodas5 as Rodas5,

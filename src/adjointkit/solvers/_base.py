@@ -79,7 +79,8 @@ class AbstractSolver(eqx.Module):
     Solvers never decide step sizes (that is the controller's job) and never store
     anything across steps beyond `state` (that is the adjoint's job). A state is
     rebuilt from `(t, y)` with `init` when a checkpoint is restored, so `init` at
-    a step's end must give the state that step returned (up to rounding).
+    a step's end must give the state that step returned (up to rounding) -- unless
+    the state is an `AbstractAuxiliaryState`, which checkpoints keep whole.
     """
 
     @property
@@ -150,3 +151,15 @@ class AbstractSolver(eqx.Module):
 
         **Returns:** the approximation of `y(t)`, a pytree like `y0`.
         """
+
+
+class AbstractAuxiliaryState(eqx.Module):
+    """A solver's carried state that is not a function of `(t, y)` alone.
+
+    Most solvers carry `f(t, y)`, which a restored checkpoint recomputes with
+    `init`. A solver that carries a second solution alongside `y` (the reversible
+    solvers' `z`) cannot be restarted from `(t, y)`: it makes its state a subclass
+    of this class, and the loop's checkpoints then keep the state whole.
+
+    An implementation provides the fields of the state; nothing else.
+    """
