@@ -555,3 +555,34 @@ def _compare_max_steps():
     from adjointkit.cli import _compare
 
     return _compare.STIFF_MAX_STEPS
+
+
+def test_reversible_rows_run_the_solver_wrapped_in_reversible():
+    # compare's "reversible" row (ReversibleAdjoint): the runners wrap the
+    # problem's own solver (Tsit5 for the Neural ODE) in Reversible. Its
+    # gradient is the exact gradient of that discretisation, so DirectAdjoint
+    # through the same wrapped solver gives it up to rounding (float64, 20
+    # steps: agreement to ~1e-14 expected; asserted at 1e-10).
+    import adjointkit as ak
+    from adjointkit.cli import _compare
+
+    library, adjoint = _compare._adjoints_for(50)["reversible"]
+    assert library == "adjointkit" and isinstance(adjoint, ak.ReversibleAdjoint)
+    problem = bench.neural_ode(state=4, width=8, batch=3, dtype=np.float64)
+    assert problem.solver == "tsit5"
+
+    def ours(p):
+        sol = bench.adjointkit_solve(problem, p, 20, adjoint=ak.ReversibleAdjoint())
+        return problem.loss(sol.ys[-1])
+
+    def direct(p):
+        sol = ak.solve(
+            problem.f, ak.Reversible(ak.Tsit5()), problem.t0, problem.t1,
+            problem.y0, p, dt0=(problem.t1 - problem.t0) / 20,
+            adjoint=ak.DirectAdjoint(), max_steps=20,
+        )  # fmt: skip
+        return problem.loss(sol.ys[-1])
+
+    g_ours, g_direct = jax.grad(ours)(problem.params), jax.grad(direct)(problem.params)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_direct), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

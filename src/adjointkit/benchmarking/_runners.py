@@ -67,10 +67,15 @@ def adjointkit_solve(
     """`problem` solved by adjointkit: `steps` constant steps, or, with `rtol`,
     adaptive steps (at most `steps`). `solver`: a name in `SOLVERS` (default:
     the problem's). `closure`: `f` closes over `params` instead of taking them
-    as `args`. `options` go to `solve`."""
+    as `args`. `options` go to `solve`. With `adjoint=ReversibleAdjoint()` the
+    solver is wrapped in `Reversible` (default coupling), which that adjoint
+    needs."""
     import adjointkit as ak
 
     solver, atol = _settings(problem, rtol, solver)
+    solver_object = _solver(ak, solver)
+    if isinstance(options.get("adjoint"), ak.ReversibleAdjoint):
+        solver_object = ak.Reversible(solver_object)
     if rtol is None:
         step_options = dict(dt0=(problem.t1 - problem.t0) / steps)
     else:
@@ -78,7 +83,7 @@ def adjointkit_solve(
     f, args = _field_and_args(problem, params, closure)
     return ak.solve(
         f,
-        _solver(ak, solver),
+        solver_object,
         problem.t0,
         problem.t1,
         problem.y0,

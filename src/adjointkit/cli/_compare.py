@@ -30,6 +30,8 @@ def _adjointkit_adjoints(steps: int):
         "interpolated": ak.InterpolatedAdjoint(),
         "interpolated-every-k": ak.InterpolatedAdjoint(checkpoints=ak.EveryKSteps(k)),
         "quadrature": ak.QuadratureAdjoint(),
+        # Runs the problem's solver wrapped in `Reversible` (see the runners).
+        "reversible": ak.ReversibleAdjoint(),
     }
 
 
@@ -419,6 +421,9 @@ def run(args) -> int:
     if any(not (0 < r < 1) for r in rtols):
         return _fail("--rtol must be in (0, 1)")
     available = _adjoints_for(steps_list[0] if steps_list else STIFF_MAX_STEPS)
+    if adaptive_only:
+        # The stiff problems' implicit solvers have no reversible form.
+        available.pop("reversible")
     names = args.adjoints or list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
