@@ -81,7 +81,9 @@ def forward_sensitivity(f, y0, params, t1, rtol):
 # --- the solvers themselves --------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["Kvaerno3", "Kvaerno5"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("Kvaerno3", marks=pytest.mark.slow), "Kvaerno5"]
+)
 def test_constant_steps_and_gradients_equal_diffrax(name):
     # Robertson over [0, 0.1] in 100 constant steps (its initial transient). Both
     # libraries iterate each stage to a Newton tolerance of 1e-10 (Diffrax:
@@ -262,8 +264,15 @@ def test_robertson_backsolve_fails_clearly():
         jax.block_until_ready(jax.grad(loss)(ROBERTSON_K))
 
 
-@pytest.mark.parametrize("adjoint", ["checkpointed", "quadrature"])
-@pytest.mark.parametrize("solver", ["kvaerno5", "rodas5"])
+@pytest.mark.parametrize(
+    "solver, adjoint",
+    [
+        ("kvaerno5", "checkpointed"),
+        ("rodas5", "quadrature"),
+        pytest.param("kvaerno5", "quadrature", marks=pytest.mark.slow),
+        pytest.param("rodas5", "checkpointed", marks=pytest.mark.slow),
+    ],
+)
 def test_van_der_pol_stiff_gradient(solver, adjoint):
     # μ = 1000 over [0, 500]: the slow drift from x = 2 along the stable branch,
     # the fast direction's eigenvalue ~ -3000. The start is on the slow manifold
@@ -304,7 +313,9 @@ def test_van_der_pol_stiff_gradient(solver, adjoint):
     assert rel_err(g_y0, Z[0]) < c * rtol
 
 
-@pytest.mark.parametrize("name", ["kvaerno5", "rodas5"])
+@pytest.mark.parametrize(
+    "name", [pytest.param("kvaerno5", marks=pytest.mark.slow), "rodas5"]
+)
 def test_direct_and_checkpointed_agree_through_implicit_steps(name):
     # Both are the exact gradient of the same computed solution (adaptive steps,
     # args and a closed-over parameter): equal up to rounding, which the
