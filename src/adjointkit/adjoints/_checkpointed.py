@@ -11,11 +11,11 @@ from .._solution import Solution
 from ..checkpointing import AbstractCheckpointSchedule, BinomialCheckpoints
 from ..checkpointing._reverse import reverse_steps
 from ..checkpointing._store import CheckpointRecorder
-from ..interpolation import Trajectory
 from ._base import AbstractAdjoint
 from ._outputs import (
     output_recorders,
     plain_records,
+    record_cotangents,
     solution_from_records,
     tree_add,
     zeros_where_none,
@@ -68,18 +68,7 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
         jtu.tree_map(jnp.zeros_like, inexact(final_state)),
         ct_y,
     )
-    ct_records = {}
-    for name, rec in records.items():
-        ct = None if ct_plain is None else ct_plain.get(name)
-        if isinstance(rec, Trajectory):
-            ct_times, ct_points, ct_steps, _ = ct if ct is not None else (None,) * 4
-            ct = eqx.tree_at(
-                lambda r: (r.times, r.points, r.steps),
-                inexact(rec),
-                (ct_times, ct_points, ct_steps),
-                is_leaf=lambda x: x is None,
-            )
-        ct_records[name] = zeros_where_none(ct, rec)
+    ct_records = record_cotangents(records, ct_plain)
     ct_problem = jtu.tree_map(jnp.zeros_like, inexact(problem))
 
     def leaf(carry, state, a):

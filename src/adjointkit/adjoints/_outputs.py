@@ -99,3 +99,20 @@ def solution_from_records(
         steps=records.get("steps"),
         dense=dense,
     )
+
+
+def record_cotangents(records: dict, ct_plain) -> dict:
+    """The cotangents of the output records, explicit zeros where none came."""
+    cts = {}
+    for name, rec in records.items():
+        ct = None if ct_plain is None else ct_plain.get(name)
+        if isinstance(rec, Trajectory):
+            ct_times, ct_points, ct_steps, _ = ct if ct is not None else (None,) * 4
+            ct = eqx.tree_at(
+                lambda r: (r.times, r.points, r.steps),
+                inexact(rec),
+                (ct_times, ct_points, ct_steps),
+                is_leaf=lambda x: x is None,
+            )
+        cts[name] = zeros_where_none(ct, rec)
+    return cts

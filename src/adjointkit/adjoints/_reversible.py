@@ -11,12 +11,12 @@ from .._problem import Problem
 from .._recording import AbstractRecorder, StepRecord, inexact
 from .._solution import Solution
 from ..controllers._constant import grid_time, num_constant_steps
-from ..interpolation import Trajectory
 from ..solvers._reversible import AbstractReversibleSolver
 from ._base import AbstractAdjoint
 from ._outputs import (
     output_recorders,
     plain_records,
+    record_cotangents,
     solution_from_records,
     tree_add,
     zeros_where_none,
@@ -75,23 +75,6 @@ def _initial(problem: Problem):
     return (problem.y0, state0), records
 
 
-def _record_cotangents(records: dict, ct_plain) -> dict:
-    """The cotangents of the output records, explicit zeros where none came."""
-    cts = {}
-    for name, rec in records.items():
-        ct = None if ct_plain is None else ct_plain.get(name)
-        if isinstance(rec, Trajectory):
-            ct_times, ct_points, ct_steps, _ = ct if ct is not None else (None,) * 4
-            ct = eqx.tree_at(
-                lambda r: (r.times, r.points, r.steps),
-                inexact(rec),
-                (ct_times, ct_points, ct_steps),
-                is_leaf=lambda x: x is None,
-            )
-        cts[name] = zeros_where_none(ct, rec)
-    return cts
-
-
 @eqx.filter_custom_vjp
 def _solve(problem: Problem):
     summary, _, records = run(problem, output_recorders(problem), differentiable=False)
@@ -121,7 +104,7 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem):
 
     ct_y = zeros_where_none(None if ct_summary is None else ct_summary.y, y_end)
     ct_state = jtu.tree_map(jnp.zeros_like, inexact(state_end))
-    ct_records = _record_cotangents(records, ct_plain)
+    ct_records = record_cotangents(records, ct_plain)
     ct_problem = jtu.tree_map(jnp.zeros_like, inexact(problem))
 
     def body(i, carry):
