@@ -8,6 +8,7 @@ abstract.
 Loaded by mkdocstrings (see `mkdocs.yml`); not part of the package.
 """
 
+import ast
 from typing import Any
 
 import griffe
@@ -56,10 +57,33 @@ def _fields(cls: griffe.Class) -> list[griffe.Parameter]:
             member.name,
             annotation=member.annotation,
             kind=griffe.ParameterKind.positional_or_keyword,
-            default=member.value,
+            default=_default(member.value),
             docstring=member.docstring,
         )
     return list(params.values())
+
+
+def _default(value):
+    """The default a field's declaration gives: `x: T = 1` gives `1`; for
+    `x: T = eqx.field(static=True, default=1)` the `default=` (or
+    `default_factory=`, shown called), not the `field(...)` call; none without."""
+    if value is None:
+        return None
+    try:
+        node = ast.parse(str(value), mode="eval").body
+    except SyntaxError:
+        return value
+    if not (
+        isinstance(node, ast.Call)
+        and ast.unparse(node.func).rsplit(".", 1)[-1] == "field"
+    ):
+        return value
+    for keyword in node.keywords:
+        if keyword.arg == "default":
+            return ast.unparse(keyword.value)
+        if keyword.arg == "default_factory":
+            return f"{ast.unparse(keyword.value)}()"
+    return None
 
 
 def _has_own_init(cls: griffe.Class) -> bool:

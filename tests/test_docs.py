@@ -12,8 +12,18 @@ import adjointkit as ak
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# docs/diffrax.md's side-by-side examples compile a Diffrax and an adjointkit
+# gradient each (5-10 s of CPU a block): slow here, and run against each other by
+# tests/test_diffrax_page.py (also slow), whose fast test checks the page's names.
+_SLOW_PAGES = {"docs/diffrax.md"}
 BLOCKS = [
-    pytest.param(block, id=f"{page.relative_to(ROOT)}#{i}")
+    pytest.param(
+        block,
+        id=f"{page.relative_to(ROOT)}#{i}",
+        marks=[pytest.mark.slow]
+        if page.relative_to(ROOT).as_posix() in _SLOW_PAGES
+        else [],
+    )
     for page in PAGES
     for i, block in enumerate(
         re.findall(r"```python\n(.*?)```", page.read_text(), re.S)

@@ -7,6 +7,8 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
   },
+  // SVG output: one copy of each glyph's path per page, shared by every formula.
+  svg: { fontCache: "global" },
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",

@@ -1,9 +1,11 @@
 """What a solve returns: which times to save at, and whether to keep dense output."""
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Real
+from jaxtyping import Array, ArrayLike, Real
 
 
 class SaveAt(eqx.Module):
@@ -37,7 +39,7 @@ class SaveAt(eqx.Module):
         *,
         t0: bool = False,
         t1: bool = False,
-        ts=None,
+        ts: ArrayLike | Sequence[float] | None = None,
         steps: bool = False,
         dense: bool = False,
     ):

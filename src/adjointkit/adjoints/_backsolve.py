@@ -2,6 +2,8 @@
 
 from .._problem import Problem
 from .._solution import Solution
+from ..controllers import AbstractController
+from ..solvers import AbstractSolver
 from ._base import AbstractAdjoint
 from ._continuous import (
     IntegratedParameters,
@@ -54,8 +56,8 @@ class BacksolveAdjoint(AbstractAdjoint):
     `SaveAt(dense=True)` are refused (save at `ts` instead).
     """
 
-    solver: object = None
-    controller: object = None
+    solver: AbstractSolver | None = None
+    controller: AbstractController | None = None
     max_steps: int | None = None
     seminorm: bool = False
     reanchor: bool = True

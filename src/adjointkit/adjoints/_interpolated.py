@@ -2,7 +2,10 @@
 
 from .._problem import Problem
 from .._solution import Solution
+from ..checkpointing import AbstractCheckpointSchedule
+from ..controllers import AbstractController
 from ..interpolation import AbstractInterpolation, HermiteInterpolation
+from ..solvers import AbstractSolver
 from ._base import AbstractAdjoint
 from ._continuous import (
     IntegratedParameters,
@@ -69,9 +72,9 @@ class InterpolatedAdjoint(AbstractAdjoint):
     """
 
     interpolation: AbstractInterpolation = HermiteInterpolation()
-    checkpoints: object = None
-    solver: object = None
-    controller: object = None
+    checkpoints: AbstractCheckpointSchedule | None = None
+    solver: AbstractSolver | None = None
+    controller: AbstractController | None = None
     max_steps: int | None = None
     seminorm: bool = False
 

@@ -2,7 +2,10 @@
 
 from .._problem import Problem
 from .._solution import Solution
+from ..checkpointing import AbstractCheckpointSchedule
+from ..controllers import AbstractController
 from ..interpolation import AbstractInterpolation, HermiteInterpolation
+from ..solvers import AbstractSolver
 from ._base import AbstractAdjoint
 from ._continuous import (
     QuadratureParameters,
@@ -55,10 +58,10 @@ class QuadratureAdjoint(AbstractAdjoint):
     """
 
     interpolation: AbstractInterpolation = HermiteInterpolation()
-    checkpoints: object = None
+    checkpoints: AbstractCheckpointSchedule | None = None
     quadrature_order: int | None = None
-    solver: object = None
-    controller: object = None
+    solver: AbstractSolver | None = None
+    controller: AbstractController | None = None
     max_steps: int | None = None
 
     def __check_init__(self):

@@ -2,9 +2,14 @@
 
 import abc
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 from jaxtyping import Array, Bool, PyTree, Real
+
+
+if TYPE_CHECKING:  # for the annotations only: solvers/ imports controllers/
+    from ..solvers import AbstractSolver
 
 
 class AbstractController(eqx.Module):
@@ -39,7 +44,7 @@ class AbstractController(eqx.Module):
     def init(
         self,
         f: Callable,
-        solver,
+        solver: "AbstractSolver",
         t0: Real[Array, ""],
         t1: Real[Array, ""],
         y0: PyTree,

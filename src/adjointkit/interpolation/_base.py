@@ -1,9 +1,14 @@
 """The interpolation seam: what to keep per step, and how to read y(t) back."""
 
 import abc
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 from jaxtyping import Array, PyTree, Real
+
+
+if TYPE_CHECKING:  # for the annotations only
+    from ..solvers import AbstractSolver
 
 
 class AbstractInterpolation(eqx.Module):
@@ -45,7 +50,7 @@ class AbstractInterpolation(eqx.Module):
     @abc.abstractmethod
     def evaluate(
         self,
-        solver,
+        solver: "AbstractSolver",
         t0: Real[Array, ""],
         t1: Real[Array, ""],
         left: PyTree,

@@ -2,12 +2,17 @@
 
 import abc
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Int, PyTree, Real
 
 from .._solution import RESULTS
+
+
+if TYPE_CHECKING:  # for the annotations only: controllers/ imports solvers/
+    from ..controllers import AbstractController
 
 
 class SolverStep(eqx.Module):
@@ -99,7 +104,9 @@ class AbstractSolver(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def init(self, f: Callable, t0: Real[Array, ""], y0: PyTree, args: PyTree):
+    def init(
+        self, f: Callable, t0: Real[Array, ""], y0: PyTree, args: PyTree
+    ) -> PyTree:
         """The state carried into the first step.
 
         **Arguments:** the vector field `f`, the start time `t0`, the initial state
@@ -108,11 +115,11 @@ class AbstractSolver(eqx.Module):
         **Returns:** the solver's state at `(t0, y0)`.
         """
 
-    def func(self, state) -> PyTree:
+    def func(self, state: PyTree) -> PyTree:
         """`f(t, y)` at the point the carried `state` belongs to."""
         return state
 
-    def with_controller(self, controller) -> "AbstractSolver":
+    def with_controller(self, controller: "AbstractController") -> "AbstractSolver":
         """This solver, configured for `controller` (default: unchanged)."""
         del controller
         return self

@@ -163,6 +163,7 @@ class Reversible(AbstractReversibleSolver):
     `[t_n, t_{n+1}]` is
 
     $$y_{n+1} = λ y_n + (1 - λ) z_n + (Φ(t_n, t_{n+1}, z_n) - z_n),$$
+
     $$z_{n+1} = z_n - (Φ(t_{n+1}, t_n, y_{n+1}) - y_{n+1}):$$
 
     `y` advances by the base method's increment computed from `z`, and `z` by
@@ -437,6 +438,7 @@ class ReversibleHeun(AbstractReversibleSolver):
     An auxiliary solution `ŷ` (`ŷ_0 = y_0`) is carried with `f(t, ŷ)`:
 
     $$ŷ_{n+1} = 2 y_n - ŷ_n + h f(t_n, ŷ_n),$$
+
     $$y_{n+1} = y_n + \tfrac{h}{2} (f(t_n, ŷ_n) + f(t_{n+1}, ŷ_{n+1})).$$
 
     Undone by `ŷ_n = 2 y_{n+1} - ŷ_{n+1} - h f(t_{n+1}, ŷ_{n+1})`, then `y_n =
