@@ -278,10 +278,12 @@ def memory_vs_time(rows, meta, out: pathlib.Path, paths: list, floor: float):
     top = max([*errors, 10 * floor])
     norm = colors.LogNorm(vmin=floor, vmax=top)
     cmap = plt.get_cmap("viridis").with_extremes(under="0.85")
-    # Two panels a row: wide enough for a dozen labelled markers each.
-    ncols = min(len(settings), 2)
+    # Up to three panels in a row, two a row beyond: wide enough for a dozen
+    # labelled markers each.
+    ncols = len(settings) if len(settings) <= 3 else 2
     nrows = math.ceil(len(settings) / ncols)
-    width, height = 1.6 + 6.2 * ncols, 1.5 + 4.3 * nrows
+    panel = 6.2 if ncols <= 2 else 5.2
+    width, height = 1.6 + panel * ncols, 1.5 + 4.3 * nrows
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(width, height), sharey=True, squeeze=False
     )
@@ -335,7 +337,7 @@ def memory_vs_time(rows, meta, out: pathlib.Path, paths: list, floor: float):
         _label_points(ax, labels, renderer)
     for ax in axes[::ncols]:
         ax.set_ylabel("XLA temp memory (MiB)")
-    for ax in axes[-ncols:]:
+    for ax in axes:
         ax.set_xlabel("value and gradient, median wall time (ms)")
     cax = fig.add_axes([right + 0.25 / width, 0.65 / height, 0.15 / width,
                         top - 0.65 / height])  # fmt: skip
