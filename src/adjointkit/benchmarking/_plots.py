@@ -275,8 +275,12 @@ def memory_vs_time(rows, meta, out: pathlib.Path, paths: list, floor: float):
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     names = list(dict.fromkeys(r["adjoint"] for r in rows))
     errors = [max(r["grad_rel_error"], 1e-300) for r in rows]
-    top = max([*errors, 10 * floor])
-    norm = colors.LogNorm(vmin=floor, vmax=top)
+    # The colour scale starts at the round-off floor, errors below it grey;
+    # where every error stands above it (float64), at the smallest error.
+    below = min(errors) <= floor
+    bottom = floor if below else min(errors) / 1.5
+    top = max([*errors, 10 * bottom])
+    norm = colors.LogNorm(vmin=bottom, vmax=top)
     cmap = plt.get_cmap("viridis").with_extremes(under="0.85")
     # Up to three panels in a row, two a row beyond: wide enough for a dozen
     # labelled markers each.
@@ -342,11 +346,15 @@ def memory_vs_time(rows, meta, out: pathlib.Path, paths: list, floor: float):
     cax = fig.add_axes([right + 0.25 / width, 0.65 / height, 0.15 / width,
                         top - 0.65 / height])  # fmt: skip
     bar = fig.colorbar(
-        matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, extend="min"
+        matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap),
+        cax=cax,
+        extend="min" if below else "neither",
     )
+    dtype = meta.get("dtype", "float32")
     bar.set_label(
-        f"gradient relative error (grey: below {meta.get('dtype', 'float32')} "
-        f"round-off, {floor:.1e})",
+        f"gradient relative error (grey: below {dtype} round-off, {floor:.1e})"
+        if below
+        else f"gradient relative error (all above {dtype} round-off, {floor:.1e})",
         fontsize=8,
     )
     bar.ax.tick_params(labelsize=7)
@@ -369,8 +377,10 @@ def _legend_outside(fig, ax, names, extra):
 
 
 def _setting_handles(rows):
-    handles = [Line2D([], [], color="0.3", marker="o", linestyle="none",
-                      label="filled: N constant steps")]  # fmt: skip
+    handles = []
+    if any(r["rtol"] is None for r in rows):
+        handles.append(Line2D([], [], color="0.3", marker="o", linestyle="none",
+                              label="filled: N constant steps"))  # fmt: skip
     if any(r["rtol"] is not None for r in rows):
         rtols = ", ".join(
             _rtol(r) for r in dict.fromkeys(r["rtol"] for r in rows if r["rtol"])
@@ -442,16 +452,24 @@ def error_vs_time(rows, meta, out, paths, floor: float):
     ax.set_yscale("log")  # errors: always in decades
     errors = [error(r) for r in rows]
     lo, hi = min(errors), max(errors)
-    ax.set_ylim(min(lo, floor) / 3, hi * 3)
+    # Down to the floor where it is near the errors; where it lies decades
+    # below them all (float64), the legend gives it instead.
+    near = floor > lo / 100
+    ax.set_ylim((min(lo, floor) if near else lo) / 3, hi * 3)
     # The round-off band: everything below the floor is one accuracy.
     dtype = meta.get("dtype", "float32")
-    ax.axhspan(ax.get_ylim()[0], floor, color="0.88", zorder=0, lw=0)
-    ax.axhline(floor, color="0.5", lw=0.8, ls="--", zorder=0)
+    if near:
+        ax.axhspan(ax.get_ylim()[0], floor, color="0.88", zorder=0, lw=0)
+        ax.axhline(floor, color="0.5", lw=0.8, ls="--", zorder=0)
+    where = (
+        "differences in here are rounding, not accuracy"
+        if near
+        else "far below every error here (not drawn)"
+    )
     band = Patch(
         facecolor="0.88", edgecolor="0.5", linestyle="--",
         label=f"{dtype} round-off: below {floor:.1e}\n"
-              "(eps/2·√(2n), n = f-evals of the largest solve);\n"
-              "differences in here are rounding, not accuracy",
+              f"(eps/2·√(2n), n = f-evals of the largest solve);\n{where}",
     )  # fmt: skip
     ax.set_xlabel("value and gradient, median wall time (ms)")
     ax.set_ylabel("gradient relative error (against a float64 reference)")
