@@ -40,9 +40,15 @@ def test_version_and_help():
     assert main([]) == 0  # no command: prints help
 
 
-def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
+def test_compare_quick_writes_a_table_json_and_plots(tmp_path, monkeypatch, capsys):
     from adjointkit.cli import _compare
 
+    # The figures are drawn from what goes into results.json: checked here, and
+    # drawn from synthetic tables in tests/test_plots.py (not timed in this run).
+    plotted = []
+    monkeypatch.setattr(
+        _compare, "_plot", lambda *args: plotted.append(args) or [tmp_path / "a.png"]
+    )
     # Without --rtol: the constant steps, then the problem's default adaptive one.
     argv = ["compare", "--quick", "--adjoints", "checkpointed", "direct"]
     code = main([*argv, "--steps", "10", "20", "--out", str(tmp_path)])
@@ -58,6 +64,13 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
     assert meta["backend"] == jax.default_backend() and meta["device"]
     assert meta["date"].startswith("20") and meta["jax"] == jax.__version__
     assert meta["adaptive_max_steps"] == _compare.ADAPTIVE_MAX_STEPS
+    assert meta["adjointkit"] == __version__ and meta["processor"]
+    assert meta["device_kind"] == jax.devices()[0].device_kind
+    # --quick's Neural ODE: MLP 8 -> 32 -> 32 -> 8, batch 16, float32.
+    assert (meta["state_shape"], meta["state_size"]) == ([16, 8], 128)
+    assert meta["parameters"] == 8 * 32 + 32 + 32 * 32 + 32 + 32 * 8 + 8
+    assert meta["dtype"] == "float32"
+    assert meta["steps"] == [10, 20] and meta["rtols"] == [rtol]
     assert {r["adjoint"] for r in rows} == {"checkpointed", "direct"}
     assert [r["setting"] for r in rows] == [
         *["10"] * 2,
@@ -98,8 +111,12 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, capsys):
                 assert 0 < row["backward_f_evals"] <= (levels - 1) * per_level
         else:
             assert row["backward_f_evals"] >= row["forward_f_evals"]
-    for plot in ("memory_vs_steps.png", "time_vs_steps.png", "error_vs_time.png"):
-        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ((plot_rows, out, plot_meta),) = plotted
+    assert out == tmp_path and json.loads(json.dumps([plot_rows, plot_meta])) == [
+        rows,
+        meta,
+    ]
+    assert "a.png" in table  # the paths the plots went to
 
 
 @pytest.mark.parametrize(
@@ -360,51 +377,41 @@ def test_table_sets_the_adaptive_rows_apart_with_their_steps(capsys):
     assert len(between) == 1 and not any(c.isalnum() for c in between[0])
 
 
-def test_plots_show_the_adaptive_rows(tmp_path, monkeypatch):
-    """Every figure draws the adaptive rows (at their steps taken where the axis
-    is steps) and names their tolerance in the legend."""
-    pytest.importorskip("matplotlib")
-    from matplotlib.figure import Figure
+# The figures themselves are tested on synthetic tables in tests/test_plots.py.
 
-    from adjointkit.cli._compare import _plot
 
-    drawn = {}  # file name -> (legend texts, x of every scattered point)
-    save = Figure.savefig
+def test_compare_carries_on_without_matplotlib(tmp_path, monkeypatch, capsys):
+    from adjointkit.cli import _compare
 
-    def savefig(fig, path, **kwargs):
-        (ax,) = fig.axes
-        texts = [t.get_text() for t in ax.get_legend().get_texts()]
-        xs = {float(x) for c in ax.collections for x, _ in c.get_offsets()}
-        drawn[path.name] = texts, xs
-        return save(fig, path, **kwargs)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    assert _compare._plot([], tmp_path, {}) == []
+    assert "matplotlib is not installed" in capsys.readouterr().err
 
-    monkeypatch.setattr(Figure, "savefig", savefig)
-    rows = [
-        dict(_ROW, adjoint=name, steps=n, rtol=None, grad_rel_error=1e-7)
-        for n in (10, 20)
-        for name in ("checkpointed", "diffrax-direct")
-    ]
-    rows += [
-        dict(_ROW, adjoint=name, steps=None, rtol=1e-6, grad_rel_error=1e-6)
-        for name in ("checkpointed", "diffrax-direct")
-    ]
-    for row in rows[-2:]:
-        row.update(steps_taken=5, value_and_grad_s=3e-3)
-    paths = _plot(rows, tmp_path, "p")
-    assert (
-        {p.name for p in paths}
-        == set(drawn)
-        == {
-            "memory_vs_steps.png",
-            "time_vs_steps.png",
-            "error_vs_time.png",
-        }
+
+def test_results_metadata_names_version_processor_and_device():
+    meta = bench.run_metadata(benchmark="x")
+    assert meta["adjointkit"] == __version__ and meta["jax"] == jax.__version__
+    assert meta["processor"]  # never empty, even where platform.processor() is
+    assert meta["device_kind"] == jax.devices()[0].device_kind
+
+
+def test_problem_size():
+    # Pytrees of plain arrays (no JAX work): an MLP 8 -> 32 -> 8's weights and
+    # biases, a batch of 16 states.
+    params = [(np.zeros((8, 32)), np.zeros(32)), (np.zeros((32, 8)), np.zeros(8))]
+    y0 = np.zeros((16, 8), np.float32)
+    problem = bench.BenchProblem("p", None, params, y0, 0.0, 1.0, None)
+    assert bench.problem_size(problem) == dict(
+        state_shape=[16, 8],
+        state_size=128,
+        parameters=8 * 32 + 32 + 32 * 8 + 8,
+        dtype="float32",
     )
-    for texts, _ in drawn.values():
-        assert "adaptive, rtol 1e-06" in texts and "checkpointed" in texts
-    assert 5.0 in drawn["memory_vs_steps.png"][1]
-    assert 5.0 in drawn["time_vs_steps.png"][1]
-    assert 3.0 in drawn["error_vs_time.png"][1]  # 3 ms
+    # A state of several arrays: the shape of each, the components of all.
+    problem = bench.BenchProblem("q", None, params, (y0, np.zeros(3)), 0.0, 1.0, None)
+    size = bench.problem_size(problem)
+    assert size["state_shape"] == [[16, 8], [3]] and size["state_size"] == 131
+    assert size["dtype"] == "float64"
 
 
 # --- the stiff problems ----------------------------------------------------------

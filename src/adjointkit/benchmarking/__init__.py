@@ -16,7 +16,12 @@ from ._problems import (
     van_der_pol as van_der_pol,
 )
 from ._reference import sensitivity_grad as sensitivity_grad, tight_grad as tight_grad
-from ._report import run_metadata as run_metadata, write_results as write_results
+from ._report import (
+    problem_size as problem_size,
+    processor_name as processor_name,
+    run_metadata as run_metadata,
+    write_results as write_results,
+)
 from ._runners import (
     adjointkit_loss as adjointkit_loss,
     adjointkit_solve as adjointkit_solve,

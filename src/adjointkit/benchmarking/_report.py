@@ -2,10 +2,62 @@
 
 import datetime
 import json
+import math
 import pathlib
 import platform
+import re
+import subprocess
 
 import jax
+import numpy as np
+
+from .._version import __version__
+
+
+def processor_name() -> str:
+    """The processor's model in words, e.g. "Intel(R) Xeon(R) Processor @ 2.80GHz".
+
+    `platform.processor()` is empty on most Linux systems, so this reads the model
+    name from `/proc/cpuinfo` there (and asks `sysctl` on macOS), falling back to
+    `platform.processor()` and then to the architecture (`platform.machine()`).
+    """
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    # x86 says "model name"; some ARM kernels "Model" or "Hardware".
+    for key in ("model name", "Model", "Hardware"):
+        found = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
+        if found:
+            return found.group(1).strip()
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def problem_size(problem) -> dict:
+    """The size of a `BenchProblem`: its state's shape and number of components,
+    its number of parameters (the components the gradient is taken for) and its
+    floating-point type."""
+    y0 = jax.tree_util.tree_leaves(problem.y0)
+    params = jax.tree_util.tree_leaves(problem.params)
+    shapes = [list(np.shape(x)) for x in y0]
+    return dict(
+        state_shape=shapes[0] if len(shapes) == 1 else shapes,
+        state_size=sum(math.prod(np.shape(x)) for x in y0),
+        parameters=sum(math.prod(np.shape(x)) for x in params),
+        dtype=str(np.result_type(*[np.asarray(x).dtype for x in y0])),
+    )
 
 
 def run_metadata(**settings) -> dict:
@@ -17,13 +69,16 @@ def run_metadata(**settings) -> dict:
         diffrax_version = diffrax.__version__
     except ImportError:
         diffrax_version = None
+    device = jax.devices()[0]
     return dict(
         **settings,
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         backend=jax.default_backend(),
-        device=str(jax.devices()[0]),
+        device=str(device),
+        device_kind=device.device_kind,
         machine=platform.platform(),
-        processor=platform.processor(),
+        processor=processor_name(),
+        adjointkit=__version__,
         jax=jax.__version__,
         diffrax=diffrax_version,
     )

@@ -6,7 +6,6 @@ import pathlib
 import re
 import sys
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -488,12 +487,19 @@ def _run(args, problem, names, steps_list, rtols) -> int:
         benchmark="compare",
         problem=problem.name,
         quick=args.quick,
+        # The problem's size: state (shape, components, dtype) and parameters.
+        **bench.problem_size(problem),
+        t0=problem.t0,
+        t1=problem.t1,
+        # The settings measured: constant step counts, then tolerances.
+        steps=list(steps_list),
+        rtols=list(rtols),
         adaptive_max_steps=_max_steps(problem),
         solver=problem.solver,
         float64=bool(problem.x64),
     )
     bench.write_results(args.out, "results.json", meta, rows)
-    plots = _plot(rows, args.out, problem.name)
+    plots = _plot(rows, args.out, meta)
     written = ", ".join(str(p) for p in [args.out / "results.json", *plots])
     print(f"wrote {written}")
     return 0
@@ -653,28 +659,12 @@ def _failure_line(row) -> str:
     return f"{row['adjoint']} at {row['setting']} failed: {row['failed']}"
 
 
-# Markers of the adaptive rows in the plots, one per tolerance (drawn hollow).
-_RTOL_MARKERS = ("*", "D", "^", "v", "P", "X", "p", "h")
-
-
-def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
-    """Memory and time against the steps taken, and gradient error against time.
-
-    Each adjoint has one colour in every figure. Constant steps are filled
-    markers (squares for Diffrax's adjoints), joined by a line over N; adaptive
-    runs are hollow markers, one shape per tolerance, named in the legend. An
-    adaptive run has no N of its own: the per-steps figures place it at the
-    steps its forward solve accepted, which is what its time is comparable with
-    (it also pays for the rejected ones). Its memory is sized by the adjoints
-    that keep every step to ADAPTIVE_MAX_STEPS, not to the steps taken, so there
-    it may sit far above the constant-step line: that is what adaptive steps
-    cost those adjoints, not a misplaced point.
-    """
+def _plot(rows, out: pathlib.Path, meta: dict) -> list[pathlib.Path]:
+    """compare's figures (`benchmarking._plots.compare_figures`: memory against
+    time, memory and time against steps, gradient error against time), or none,
+    with a line that says why, where matplotlib is not installed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         print(
             "adjointkit compare: matplotlib is not installed, so no plots "
@@ -682,113 +672,6 @@ def _plot(rows, out: pathlib.Path, problem_name: str) -> list[pathlib.Path]:
             file=sys.stderr,
         )
         return []
-    from matplotlib import ticker
-    from matplotlib.lines import Line2D
+    from ..benchmarking._plots import compare_figures
 
-    rows = [r for r in rows if not r.get("failed")]  # no figures to draw
-    names = list(dict.fromkeys(r["adjoint"] for r in rows))
-    palette = plt.get_cmap("tab20").colors
-    colour = {name: palette[i % len(palette)] for i, name in enumerate(names)}
-    fixed = [r for r in rows if r["rtol"] is None]
-    rtols = list(dict.fromkeys(r["rtol"] for r in rows if r["rtol"] is not None))
-    marker_of = {
-        rtol: _RTOL_MARKERS[i % len(_RTOL_MARKERS)] for i, rtol in enumerate(rtols)
-    }
-    paths = []
-
-    def adaptive(ax, x_of, y_of):
-        """The adaptive rows, hollow, and a grey legend entry per tolerance."""
-        for r in rows:
-            if r["rtol"] is not None:
-                ax.scatter(
-                    x_of(r),
-                    y_of(r),
-                    marker=marker_of[r["rtol"]],
-                    s=70,
-                    facecolors="none",
-                    edgecolors=[colour[r["adjoint"]]],
-                    linewidths=1.5,
-                )
-        return [
-            Line2D(
-                [],
-                [],
-                linestyle="none",
-                marker=marker_of[rtol],
-                markersize=8,
-                markerfacecolor="none",
-                markeredgecolor="0.3",
-                label=f"adaptive, rtol {rtol:g}",
-            )
-            for rtol in rtols
-        ]
-
-    def figure(filename: str, draw: Callable, xlabel: str, ylabel: str):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        extra_handles = draw(ax)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        # Plain numbers on the x axis ("5", "20", not "5 x 10^0"), and every
-        # tick labelled where the axis spans less than a decade (steps 5 to 20).
-        minor = ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.8))
-        ax.xaxis.set_major_formatter(ticker.LogFormatter())
-        ax.xaxis.set_minor_formatter(minor)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{problem_name} ({jax.default_backend()})")
-        handles, _ = ax.get_legend_handles_labels()
-        ax.legend(handles=handles + extra_handles, fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out / filename
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-
-    def versus_steps(key, scale):
-        def draw(ax):
-            for name in names:
-                mine = sorted(
-                    (r["steps"], r[key]) for r in fixed if r["adjoint"] == name
-                )
-                if mine:
-                    xs, ys = zip(*mine, strict=True)
-                    diffrax = name.startswith("diffrax")
-                    ax.plot(
-                        xs,
-                        [y * scale for y in ys],
-                        "--" if diffrax else "-",
-                        marker="s" if diffrax else "o",
-                        color=colour[name],
-                        label=name,
-                    )
-                else:  # adaptive rows only: the colour still needs its name
-                    ax.plot([], [], color=colour[name], label=name)
-            return adaptive(ax, lambda r: r["steps_taken"], lambda r: r[key] * scale)
-
-        return draw
-
-    xlabel = "steps: N constant (filled), accepted when adaptive (hollow)"
-    figure("memory_vs_steps.png", versus_steps("temp_bytes", 2**-20),
-           xlabel, "XLA temp memory (MiB)")  # fmt: skip
-    figure("time_vs_steps.png", versus_steps("value_and_grad_s", 1e3),
-           xlabel, "value and gradient (ms)")  # fmt: skip
-
-    def error_vs_time(ax):
-        for name in names:
-            mine = [r for r in fixed if r["adjoint"] == name]
-            ax.scatter(
-                [1e3 * r["value_and_grad_s"] for r in mine],
-                [max(r["grad_rel_error"], 1e-16) for r in mine],
-                marker="s" if name.startswith("diffrax") else "o",
-                color=colour[name],
-                label=name,
-            )
-        return adaptive(
-            ax,
-            lambda r: 1e3 * r["value_and_grad_s"],
-            lambda r: max(r["grad_rel_error"], 1e-16),
-        )
-
-    figure("error_vs_time.png", error_vs_time, "value and gradient (ms)",
-           "gradient relative error")  # fmt: skip
-    return paths
+    return compare_figures(rows, meta, out)
