@@ -14,6 +14,7 @@ display (a new call of a compiled solve, or a replay in a backward pass).
 """
 
 import abc
+import atexit
 import sys
 import threading
 
@@ -136,6 +137,7 @@ class _Display:
         self.handle = None
         self.last = -1
         self.lock = threading.Lock()
+        self.registered = False
 
     def __call__(self, crossed, mark):
         # Under `jax.vmap` a batched `lax.cond` runs both branches, so the
@@ -152,6 +154,11 @@ class _Display:
             if self.handle is None:
                 self.handle = self.meter.open()
                 self.last = -1
+                if not self.registered:
+                    # A display a recomputation left unfinished (see
+                    # `ProgressRecorder`) is closed at exit at the latest.
+                    atexit.register(self._close_if_open)
+                    self.registered = True
             self.last = mark
             self.meter.show(self.handle, min(mark, n) / n)
             if mark >= n:
@@ -161,11 +168,24 @@ class _Display:
         self.meter.close(self.handle)
         self.handle = None
 
+    def _close_if_open(self):
+        with self.lock:
+            if self.handle is not None:
+                self._finish()
+
 
 class ProgressRecorder(AbstractRecorder):
     """Reports the fraction of `[t0, t1]` (loop time) covered after each accepted
     step to `meter`, when it passes the next of `meter.num_updates` marks. The
-    record is the last mark reported (an integer, never differentiated)."""
+    record is the last mark reported (an integer, never differentiated).
+
+    A backward pass that recomputes forward steps under `jax.checkpoint`
+    (`DirectAdjoint` with adaptive steps) runs these callbacks again, and the
+    meter then shows the recomputation as another (possibly partial) pass. The
+    adjoints with their own backward pass replay steps without recorders and
+    report the forward pass only. Under `jax.vmap` a batched decision makes the
+    callback run on every step (the host ignores the steps that passed no mark).
+    """
 
     meter: AbstractProgressMeter = eqx.field(static=True)
     t0: Real[Array, ""]
