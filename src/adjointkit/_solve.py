@@ -157,7 +157,11 @@ def _meets_diffrax_habits(impl):
                 "`dt0, y0`, note that adjointkit's order is different: write "
                 f"`{_REPLACEMENT}`.)"
             )
-            raise type(error)(f"{error}{hint}") from error
+            try:
+                hinted = type(error)(f"{error}{hint}")
+            except Exception:  # an error type that takes other arguments
+                raise error from None
+            raise hinted from error
 
     return wrapper
 
