@@ -1,6 +1,11 @@
 """adjointkit: differentiate through ODE solves in JAX with pluggable adjoints."""
 
 from ._adjoint_state import AdjointState as AdjointState
+from ._progress import (
+    AbstractProgressMeter as AbstractProgressMeter,
+    RichProgressMeter as RichProgressMeter,
+    TextProgressMeter as TextProgressMeter,
+)
 from ._saveat import SaveAt as SaveAt
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import solve as solve

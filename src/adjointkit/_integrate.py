@@ -152,6 +152,7 @@ class GridStepper(eqx.Module):
             dense_info=out.dense_info,
             accepted=jnp.array(True),
             state=state,
+            save_fn=problem.save_fn,
         )
         # A step that could not be computed ends the solve with its cause (a
         # constant step cannot be retried shorter).
@@ -341,6 +342,7 @@ class ControlledStepper(eqx.Module):
             accepted=accept,
             state=state,
             proposed_tnext=proposed,
+            save_fn=problem.save_fn,
         )
         new_state = ControlledState(
             t=next_t0,

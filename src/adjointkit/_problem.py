@@ -27,6 +27,9 @@ class Problem(eqx.Module):
     - `ts`: `SaveAt(ts=...)` in loop time, or `None`.
     - `throw`: whether a failure raises (else it is reported, and gradients that
       cannot be computed are NaN).
+    - `save_fn`: `SaveAt(fn=...)` in loop time, `save_fn(s, y)`, closure-converted
+      (its arrays, `args` among them, are leaves), or `None` to save `y` itself.
+    - `progress_meter`: an `AbstractProgressMeter`, or `None` (no callbacks).
     """
 
     f: Callable
@@ -46,6 +49,8 @@ class Problem(eqx.Module):
     max_steps: int = eqx.field(static=True)
     num_steps: int | None = eqx.field(static=True)
     throw: bool = eqx.field(static=True, default=True)
+    save_fn: Callable | None = None
+    progress_meter: object = eqx.field(static=True, default=None)
 
     def vector_field(self, s, y, args):
         """`f` in loop time: `direction * f(direction * s, y, args)`."""

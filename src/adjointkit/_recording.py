@@ -44,6 +44,7 @@ class StepRecord(eqx.Module):
     accepted: Bool[Array, ""]
     state: PyTree
     proposed_tnext: Real[Array, ""] | None = None
+    save_fn: PyTree = None
 
 
 def inexact(tree: PyTree) -> PyTree:
@@ -105,16 +106,42 @@ def _empty(like: PyTree, n: int, fill=0.0):
     return jtu.tree_map(lambda x: jnp.full((n, *x.shape), fill, x.dtype), like)
 
 
+def saved_value(step: StepRecord, t, y):
+    """What is saved of the state `y` at loop time `t`: `y`, or
+    `SaveAt(fn=...)`'s value there, so that only that is stored."""
+    return y if step.save_fn is None else step.save_fn(t, y)
+
+
+def _empty_saved(out_like, y0, n: int, fill=0.0):
+    """A buffer of `n` saved values: like `y0`, or like `out_like` (the structure
+    of `SaveAt(fn=...)`'s value, a pytree of `jax.ShapeDtypeStruct`)."""
+    like = y0 if out_like is None else out_like
+    return jtu.tree_map(
+        lambda x: jnp.full(
+            (n, *x.shape), fill if jnp.issubdtype(x.dtype, jnp.inexact) else 0, x.dtype
+        ),
+        like,
+    )
+
+
 class StepsRecorder(AbstractRecorder):
-    """The time and state at the end of every accepted step (`SaveAt(steps=True)`)."""
+    """The time and state at the end of every accepted step (`SaveAt(steps=True)`);
+    with `SaveAt(fn=...)`, `fn`'s value instead of the state (`out_like`: its
+    structure)."""
+
+    out_like: PyTree = None
 
     def init(self, t0, y0, f0, dense_like, capacity):
         del f0, dense_like
-        return (jnp.full((capacity,), jnp.inf, t0.dtype), _empty(y0, capacity, jnp.inf))
+        return (
+            jnp.full((capacity,), jnp.inf, t0.dtype),
+            _empty_saved(self.out_like, y0, capacity, jnp.inf),
+        )
 
     def record(self, state, step):
         ts, ys = state
-        return (_set(ts, step.index, step.t1), _set(ys, step.index, step.y1))
+        value = saved_value(step, step.t1, step.y1)
+        return (_set(ts, step.index, step.t1), _set(ys, step.index, value))
 
     def pullback(self, state, ct_state, step):
         return pullback_by_vjp(self, state, ct_state, step)
@@ -197,13 +224,15 @@ class TsRecorder(AbstractRecorder):
     ts: Real[Array, " times"]
     solver: eqx.Module
     differentiable: bool = eqx.field(static=True, default=False)
+    out_like: PyTree = None
 
     def init(self, t0, y0, f0, dense_like, capacity):
         del t0, f0, dense_like, capacity
-        return (_empty(y0, self.ts.shape[0]), self.ts)
+        return (_empty_saved(self.out_like, y0, self.ts.shape[0]), self.ts)
 
     def _value(self, step: StepRecord, t):
-        return self.solver.interpolate(step.t0, step.t1, step.y0, step.dense_info, t)
+        y = self.solver.interpolate(step.t0, step.t1, step.y0, step.dense_info, t)
+        return saved_value(step, t, y)
 
     def record(self, state, step):
         ys, ts = state
@@ -227,27 +256,30 @@ class TsRecorder(AbstractRecorder):
         _, ts = state
         ct_ys, ct_ts = ct_state
         lo, hi = _ts_in_step(ts, step)
-        inputs = (step.t0, step.t1, step.y0, step.dense_info)
+        inputs = (step.t0, step.t1, step.y0, step.dense_info, step.save_fn)
         zero = jtu.tree_map(jnp.zeros_like, inexact(inputs))
+
+        def value(inp, t):
+            t0, t1, y0, dense_info, save_fn = inp
+            y = self.solver.interpolate(t0, t1, y0, dense_info, t)
+            return y if save_fn is None else save_fn(t, y)
 
         def body(i, carry):
             acc, ct_ys, ct_ts = carry
             ct_value = jtu.tree_map(lambda c: c[i], ct_ys)
-            _, vjp_fn = eqx.filter_vjp(
-                lambda inp, t: self.solver.interpolate(*inp, t), inputs, ts[i]
-            )
+            _, vjp_fn = eqx.filter_vjp(value, inputs, ts[i])
             ct_inputs, ct_t = vjp_fn(ct_value)
             acc = jtu.tree_map(jnp.add, acc, ct_inputs)
             ct_ys = jtu.tree_map(lambda c: c.at[i].set(0), ct_ys)
             return acc, ct_ys, ct_ts.at[i].add(ct_t)
 
         acc, ct_ys, ct_ts = lax.fori_loop(lo, hi, body, (zero, ct_ys, ct_ts))
-        ct_t0, ct_t1, ct_y0, ct_dense = acc
+        ct_t0, ct_t1, ct_y0, ct_dense, ct_save_fn = acc
         ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
         ct_step = eqx.tree_at(
-            lambda s: (s.t0, s.t1, s.y0, s.dense_info),
+            lambda s: (s.t0, s.t1, s.y0, s.dense_info, s.save_fn),
             ct_step,
-            (ct_t0, ct_t1, ct_y0, ct_dense),
+            (ct_t0, ct_t1, ct_y0, ct_dense, ct_save_fn),
             is_leaf=lambda x: x is None,
         )
         return (ct_ys, ct_ts), ct_step

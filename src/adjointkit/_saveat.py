@@ -1,6 +1,6 @@
 """What a solve returns: which times to save at, and whether to keep dense output."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -26,6 +26,15 @@ class SaveAt(eqx.Module):
     - `dense`: keep the solver's dense output over the whole interval, so that
       `Solution.evaluate(t)` works. Costs memory in proportion to the number of
       steps.
+    - `fn`: save `fn(t, y, args)` instead of `y` at every save time (`t0`, `ts`,
+      `steps`, `t1`; not the dense output, which stays `y`), as Diffrax's
+      `SaveAt(fn=...)`. Only `fn`'s values are stored during the solve, so a
+      small `fn` (a norm, one component, a loss term) saves the memory of the
+      whole state at every save time. Gradients flow through `fn`, including to
+      the arrays it closes over, with every adjoint. (The continuous adjoints
+      keep the state at `ts` for their backward pass in any case, and apply `fn`
+      afterwards.) `fn` returns any pytree of arrays; it is called with the
+      solve's `t` (in the user's time direction), `y` and `args`.
     """
 
     t0: bool = False
@@ -33,6 +42,7 @@ class SaveAt(eqx.Module):
     ts: Real[Array, " times"] | None = None
     steps: bool = False
     dense: bool = False
+    fn: Callable | None = None
 
     def __init__(
         self,
@@ -42,7 +52,12 @@ class SaveAt(eqx.Module):
         ts: ArrayLike | Sequence[float] | None = None,
         steps: bool = False,
         dense: bool = False,
+        fn: Callable | None = None,
     ):
+        if fn is not None and not callable(fn):
+            raise TypeError(
+                f"SaveAt(fn=...) must be a function `fn(t, y, args)`, got {fn!r}."
+            )
         if ts is not None:
             if isinstance(ts, list | tuple):
                 ts = np.asarray(ts)
@@ -65,6 +80,7 @@ class SaveAt(eqx.Module):
         self.ts = ts
         self.steps = steps
         self.dense = dense
+        self.fn = fn
 
     @property
     def saves_values(self) -> bool:

@@ -90,9 +90,12 @@ def assemble_solution(
     d = problem.direction
     t_dtype = problem.t0.dtype
     ts_parts, ys_parts = [], []
+    # `fn` of `SaveAt(fn=...)`: the recorders applied it to the values at `ts` and
+    # at the steps already; the two ends are single values, applied here.
+    at = (lambda t, y: y) if problem.save_fn is None else problem.save_fn
     if problem.save_t0:
         ts_parts.append(problem.t0[None])
-        ys_parts.append(_one(problem.y0))
+        ys_parts.append(_one(at(problem.t0, problem.y0)))
     if problem.ts is not None:
         ts_parts.append(problem.ts)
         ys_parts.append(ys_at_ts)
@@ -102,7 +105,7 @@ def assemble_solution(
         ys_parts.append(step_ys)
     if problem.save_t1:
         ts_parts.append(problem.t1[None])
-        ys_parts.append(_one(summary.y))
+        ys_parts.append(_one(at(problem.t1, summary.y)))
     ts = _stack_parts(ts_parts)
     if ts is not None and not _is_one(d):
         # Unused rows (adaptive `steps=True`) stay `+inf` whatever the direction.

@@ -2,6 +2,7 @@
 
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, Int, PyTree, Real
 
 
@@ -63,7 +64,7 @@ class Solution(eqx.Module):
     - `result`: a `RESULTS` value.
     - `t0`, `t1`: the interval, as passed.
     - `dense`: with `SaveAt(dense=True)`, the solver's dense output over the whole
-      interval (read it with `evaluate`); else `None`.
+      interval (read it with `evaluate` and `derivative`); else `None`.
     - `direction`: 1 for a solve forward in time, -1 for one backward
       (`t1 < t0`), used by `evaluate` to map times to the loop's ascending time.
     """
@@ -77,23 +78,63 @@ class Solution(eqx.Module):
     dense: PyTree | None = None  # an interpolation.Trajectory, if SaveAt(dense=True)
     direction: PyTree = 1
 
-    def evaluate(self, t: Real[Array, "*shape"]) -> PyTree:
-        """The dense output at time(s) `t` in `[t0, t1]`; needs `SaveAt(dense=True)`.
+    def evaluate(
+        self, t0: Real[Array, "*shape"], t1: Real[Array, "*shape"] | None = None
+    ) -> PyTree:
+        """The dense output at time(s) `t0` in `[t0, t1]` of the solve; or, with
+        `t1`, the increment `y(t1) - y(t0)` (as Diffrax's `Solution.evaluate`).
+        Needs `SaveAt(dense=True)`.
 
-        Vectorised over a leading shape of `t`. Differentiable with respect to `t`
-        and to everything the solve depends on.
+        Vectorised over a leading shape of the times. Differentiable with respect
+        to the times and to everything the solve depends on.
 
         **Arguments:**
 
-        - `t`: a time, or an array of times, in `[t0, t1]`.
+        - `t0`: a time, or an array of times, in the interval of the solve.
+        - `t1`: optional; a time or times (broadcast against `t0`). If given, the
+          increment `y(t1) - y(t0)` is returned.
 
-        **Returns:** `y(t)`, a pytree like `y0` whose leaves have the shape of `t`
-        in front of their own.
+        **Returns:** `y(t0)` (or `y(t1) - y(t0)`), a pytree like `y0` whose leaves
+        have the shape of the times in front of their own.
         """
+        dense = self._dense_or_error("evaluate")
+        t0 = jnp.asarray(t0)
+        if t1 is None:
+            return dense.evaluate(self.direction * t0)
+        t0, t1 = jnp.broadcast_arrays(t0, jnp.asarray(t1))
+        y0 = dense.evaluate(self.direction * t0)
+        y1 = dense.evaluate(self.direction * t1)
+        return jtu.tree_map(jnp.subtract, y1, y0)
+
+    def derivative(self, t: Real[Array, "*shape"]) -> PyTree:
+        """dy/dt of the dense output at time(s) `t`; needs `SaveAt(dense=True)`.
+
+        This is the derivative of the solver's interpolating polynomial on the step
+        that holds `t` (the step that ends at `t`, on a grid point): close to
+        `f(t, y(t), args)` but usually less accurate, since dense output is built
+        to match `y`, not its derivative (as Diffrax's `Solution.derivative`). When
+        an accurate derivative matters, evaluate `f(t, sol.evaluate(t), args)`.
+
+        **Arguments:**
+
+        - `t`: a time, or an array of times, in the interval of the solve.
+
+        **Returns:** `dy/dt`, a pytree like `y0` whose leaves have the shape of `t`
+        in front of their own (zero for a solve of zero length).
+        """
+        dense = self._dense_or_error("derivative")
+        t = jnp.asarray(t)
+        dy = dense.derivative(self.direction * t)
+        if isinstance(self.direction, int) and self.direction == 1:
+            return dy
+        # y(t) = Y(direction * t) for the loop's solution Y.
+        return jtu.tree_map(lambda d: jnp.asarray(self.direction, d.dtype) * d, dy)
+
+    def _dense_or_error(self, method: str):
         if self.dense is None:
             raise ValueError(
-                "Solution.evaluate needs the dense output: solve with "
-                "SaveAt(dense=True)."
+                f"Solution.{method} needs the dense output: solve with "
+                "SaveAt(dense=True) (with an adjoint that supports it: "
+                "DirectAdjoint, CheckpointedAdjoint or ReversibleAdjoint)."
             )
-        t = jnp.asarray(t)
-        return self.dense.evaluate(self.direction * t)
+        return self.dense

@@ -1,5 +1,7 @@
 """`solve`: validate, normalise into a `Problem`, and hand it to the adjoint."""
 
+import functools
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,6 +20,7 @@ from ._errors import (
     runtime_check,
 )
 from ._problem import Problem
+from ._progress import AbstractProgressMeter
 from ._saveat import SaveAt
 from ._solution import RESULTS, Solution
 from .adjoints import AbstractAdjoint, CheckpointedAdjoint
@@ -26,6 +29,169 @@ from .controllers._constant import num_constant_steps
 from .solvers import AbstractSolver
 
 
+# Diffrax's `diffeqsolve(terms, solver, t0, t1, dt0, y0, args, *, saveat,
+# stepsize_controller, adjoint, ...)` and `solve` differ in the order of the
+# positional arguments and in a few names. A Diffrax user's first call is likely
+# to be written in Diffrax's habits; `_meets_diffrax_habits` recognises those
+# calls and says what to write instead, without ever refusing a call `solve`
+# accepts.
+
+_REPLACEMENT = "ak.solve(f, solver, t0, t1, y0, args, dt0=dt0, ...)"
+
+_DIFFRAX_KEYWORDS = {
+    "stepsize_controller": (
+        "adjointkit calls the step-size controller `controller=`: write "
+        "`controller={value}`."
+    ),
+    "terms": (
+        "adjointkit takes the vector field itself as the first positional "
+        "argument, not `terms=`: write `ak.solve(f, solver, t0, t1, y0, args, ...)` "
+        "(a `diffrax.ODETerm(f)` is accepted there too)."
+    ),
+    "solver_state": "adjointkit has no `solver_state=`: leave it out.",
+    "controller_state": "adjointkit has no `controller_state=`: leave it out.",
+    "made_jump": "adjointkit has no `made_jump=`: leave it out.",
+    "event": (
+        "adjointkit has no events: leave `event=` out and stop the solve at a "
+        "fixed `t1`."
+    ),
+    "discrete_terminating_event": (
+        "adjointkit has no events: leave `discrete_terminating_event=` out."
+    ),
+}
+
+
+def _is_scalar_like(x) -> bool:
+    """A Python number or a 0-dimensional array: what a `dt0` looks like."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int | float):
+        return True
+    return eqx.is_array(x) and jnp.ndim(x) == 0
+
+
+def _diffrax_order_error(reason: str) -> TypeError:
+    return TypeError(
+        f"{reason} This looks like Diffrax's argument order, `diffeqsolve(terms, "
+        "solver, t0, t1, dt0, y0, args)`. adjointkit's `solve` takes the state "
+        "right after the times, and `dt0` as a keyword: write "
+        f"`{_REPLACEMENT}` (`dt0=None`, the default, picks the first step "
+        "automatically with an adaptive controller)."
+    )
+
+
+def _keyword_hint(name: str, value) -> str:
+    template = _DIFFRAX_KEYWORDS[name]
+    shown = "ak.PIDController(rtol=..., atol=...)"
+    if name == "stepsize_controller":
+        kind = type(value).__name__
+        if kind == "ConstantStepSize":
+            shown = "ak.ConstantStepSize()"
+        elif hasattr(value, "rtol") and hasattr(value, "atol"):
+            shown = f"ak.PIDController(rtol={value.rtol!r}, atol={value.atol!r})"
+    return template.format(value=shown)
+
+
+def _meets_diffrax_habits(impl):
+    """Wrap `solve` so that calls in Diffrax's habits get an error that says what
+    to write instead (see the module comment above)."""
+    signature = inspect.signature(impl)
+    max_positional = sum(
+        p.kind is p.POSITIONAL_OR_KEYWORD for p in signature.parameters.values()
+    )
+    names = list(signature.parameters)
+
+    @functools.wraps(impl)
+    def wrapper(*args, **kwargs):
+        for name in kwargs:
+            if name in signature.parameters:
+                continue
+            if name in _DIFFRAX_KEYWORDS:
+                raise TypeError(
+                    f"solve() got an unexpected keyword argument `{name}` (a "
+                    f"Diffrax name). {_keyword_hint(name, kwargs[name])}"
+                )
+            raise TypeError(
+                f"solve() got an unexpected keyword argument `{name}`. Its "
+                f"arguments are: {', '.join(names)}."
+            )
+        if len(args) > max_positional:
+            raise _diffrax_order_error(
+                f"solve() takes at most {max_positional} positional arguments "
+                f"(f, solver, t0, t1, y0, args) but {len(args)} were given."
+            )
+        if len(args) >= 5 and "y0" in kwargs:
+            raise _diffrax_order_error(
+                "solve() got `y0` both as its fifth positional argument and as "
+                "a keyword."
+            )
+        if len(args) >= 6 and "args" in kwargs:
+            raise _diffrax_order_error(
+                "solve() got `args` both as its sixth positional argument and as "
+                "a keyword."
+            )
+        if len(args) >= 5 and args[4] is None and len(args) == 6:
+            # A state cannot be None; Diffrax's `dt0` often is.
+            raise _diffrax_order_error(
+                "solve() got `y0=None` (its fifth positional argument) and a sixth "
+                "positional argument."
+            )
+        if len(args) == 5 and args[4] is None:
+            raise TypeError(
+                "`y0` (the fifth positional argument of solve) is None: pass the "
+                f"initial state. If that None was Diffrax's `dt0`, write "
+                f"`{_REPLACEMENT}`."
+            )
+        ambiguous = len(args) == 6 and _is_scalar_like(args[4]) and "dt0" not in kwargs
+        if not ambiguous:
+            return impl(*args, **kwargs)
+        # `solve(f, solver, t0, t1, 0.1, y0)` in Diffrax's order and a scalar
+        # problem `solve(f, solver, t0, t1, y0, args)` cannot be told apart by
+        # their arguments; the call goes ahead, and if it fails, the error says
+        # what to write had Diffrax's order been meant.
+        try:
+            return impl(*args, **kwargs)
+        except (TypeError, ValueError) as error:
+            hint = (
+                " (If the fifth and sixth positional arguments were Diffrax's "
+                "`dt0, y0`, note that adjointkit's order is different: write "
+                f"`{_REPLACEMENT}`.)"
+            )
+            try:
+                hinted = type(error)(f"{error}{hint}")
+            except Exception:  # an error type that takes other arguments
+                raise error from None
+            raise hinted from error
+
+    return wrapper
+
+
+def _unwrap_term(f):
+    """`f` itself, or the vector field of a `diffrax.ODETerm` (recognised by its
+    class, without importing Diffrax). Other Diffrax terms are refused."""
+    cls = type(f)
+    if not cls.__module__.split(".")[0] == "diffrax":
+        return f
+    if cls.__name__ == "ODETerm" and hasattr(f, "vector_field"):
+        return f.vector_field
+    if cls.__name__ in {
+        "ControlTerm",
+        "MultiTerm",
+        "WeaklyDiagonalControlTerm",
+        "AbstractTerm",
+        "UnderdampedLangevinDriftTerm",
+        "UnderdampedLangevinDiffusionTerm",
+    } or hasattr(f, "vf_prod"):
+        raise TypeError(
+            f"adjointkit solves ODEs dy/dt = f(t, y, args) only; a Diffrax "
+            f"`{cls.__name__}` (a control or multi-term equation, e.g. an SDE) "
+            "has no equivalent here. For an ODE pass the vector field `f` itself, "
+            "or `diffrax.ODETerm(f)`."
+        )
+    return f
+
+
+@_meets_diffrax_habits
 def solve(
     f: Callable,
     solver: AbstractSolver,
@@ -40,6 +206,7 @@ def solve(
     adjoint: AbstractAdjoint | None = None,
     max_steps: int = 4096,
     throw: bool = True,
+    progress_meter: AbstractProgressMeter | None = None,
 ) -> Solution:
     """Solve `dy/dt = f(t, y, args)` from `t0` to `t1`, differentiably.
 
@@ -66,13 +233,27 @@ def solve(
     - `throw`: on failure (`max_steps` exhausted, NaN/inf state, step size too
       small) raise an error; if `False`, return the partial solution and say why in
       `Solution.result`.
+    - `progress_meter`: `None` (the default: no progress is reported, and the solve
+      compiles exactly as without the argument), `TextProgressMeter()` (prints the
+      percentage of `[t0, t1]` covered) or `RichProgressMeter()` (a progress bar,
+      needs `rich`). Works under `jax.jit`; reports at most about 100 updates per
+      solve, not one per step.
 
     **Returns:** a `Solution`.
+
+    **Coming from Diffrax:** `diffeqsolve(terms, solver, t0, t1, dt0, y0, args,
+    stepsize_controller=c)` is `solve(f, solver, t0, t1, y0, args, dt0=dt0,
+    controller=c)`. A `diffrax.ODETerm(f)` may be passed as `f`. A call in
+    Diffrax's order, or with `stepsize_controller=`, raises an error that says
+    what to write instead. (A six-argument call whose fifth argument is a number
+    is a valid scalar problem and goes ahead; if it then fails, its error says
+    what to write in case Diffrax's order was meant.)
 
     Wrap the whole computation (solve and loss) in `jax.jit`. When `t0`, `t1` and
     `dt0` are known at trace time (Python numbers, or arrays outside `jit`),
     constant-step solves run as a `lax.scan` of exactly their number of steps.
     """
+    f = _unwrap_term(f)
     _check_instance("solver", solver, AbstractSolver, "an adjointkit solver")
     controller = ConstantStepSize() if controller is None else controller
     _check_instance(
@@ -82,6 +263,13 @@ def solve(
     _check_instance("saveat", saveat, SaveAt, "a SaveAt")
     adjoint = CheckpointedAdjoint() if adjoint is None else adjoint
     _check_instance("adjoint", adjoint, AbstractAdjoint, "an adjointkit adjoint")
+    if progress_meter is not None and not isinstance(
+        progress_meter, AbstractProgressMeter
+    ):
+        raise TypeError(
+            "`progress_meter` must be None, `ak.TextProgressMeter()` or "
+            f"`ak.RichProgressMeter()`, got {progress_meter!r}."
+        )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive integer, got {max_steps!r}.")
 
@@ -103,6 +291,9 @@ def solve(
     # that every adjoint's custom VJP sees them and gives them cotangents, exactly
     # as if they had been passed through `args`.
     f = eqx.filter_closure_convert(f, times.t0, y0, args)
+    save_fn = None
+    if saveat.fn is not None:
+        save_fn = _loop_time_save_fn(saveat.fn, times, y0, args)
 
     problem = Problem(
         f=f,
@@ -122,6 +313,8 @@ def solve(
         max_steps=max_steps,
         num_steps=times.num_steps,
         throw=throw,
+        save_fn=save_fn,
+        progress_meter=progress_meter,
     )
     try:
         sol = adjoint.solve(problem)
@@ -154,9 +347,36 @@ def solve(
     return sol
 
 
+def _loop_time_save_fn(fn, times, y0, args):
+    """`SaveAt(fn=...)` as the loop calls it, `save_fn(s, y)` in loop time,
+    closure-converted: `args` and the arrays `fn` closes over become leaves of
+    the pytree `save_fn`, so that every adjoint's custom VJP gives them
+    cotangents (as it does `f`'s)."""
+    d = times.direction
+
+    def save_fn(s, y):
+        t = s if isinstance(d, int) and d == 1 else d * s
+        return fn(t, y, args)
+
+    return eqx.filter_closure_convert(save_fn, times.s0, y0)
+
+
 def _check_instance(name: str, value, cls: type, what: str):
     if isinstance(value, cls):
         return
+    module = type(value).__module__.split(".")[0]
+    if module == "diffrax":
+        import adjointkit
+
+        kind = type(value).__name__
+        if hasattr(adjointkit, kind):
+            raise TypeError(
+                f"`{name}` is Diffrax's `{kind}`; adjointkit has its own: pass "
+                f"`ak.{kind}(...)` (with `import adjointkit as ak`)."
+            )
+        raise TypeError(
+            f"`{name}` is Diffrax's `{kind}`, which adjointkit cannot use: pass {what}."
+        )
     if isinstance(value, type) and issubclass(value, cls):
         raise TypeError(
             f"`{name}` must be an instance, not the class: pass "

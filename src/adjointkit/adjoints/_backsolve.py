@@ -10,9 +10,8 @@ from ._continuous import (
     SolvedBackward,
     _Spec,
     check_continuous,
-    continuous_solve,
+    continuous_solution,
 )
-from ._outputs import solution_from_records
 
 
 class BacksolveAdjoint(AbstractAdjoint):
@@ -71,5 +70,4 @@ class BacksolveAdjoint(AbstractAdjoint):
             controller=self.controller,
             max_steps=self.max_steps,
         )
-        summary, records = continuous_solve(problem, spec)
-        return solution_from_records(problem, summary, records, discrete=False)
+        return continuous_solution(problem, spec)

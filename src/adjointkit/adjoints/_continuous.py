@@ -40,7 +40,7 @@ from .._adjoint_state import AdjointState
 from .._integrate import _dense_like, make_stepper, num_f_evals, replay_recording, run
 from .._problem import Problem
 from .._recording import TrajectoryRecorder, inexact
-from .._solution import RESULTS
+from .._solution import RESULTS, Solution
 from ..checkpointing import (
     AbstractCheckpointSchedule,
     AllSteps,
@@ -55,7 +55,13 @@ from ..controllers import PIDController, adjoint_seminorm, rms_norm
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
 from ..solvers._base import SolverStep
-from ._outputs import output_recorders, plain_records, tree_add, zeros_where_none
+from ._outputs import (
+    output_recorders,
+    plain_records,
+    solution_from_records,
+    tree_add,
+    zeros_where_none,
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -738,6 +744,26 @@ def _report_stats(c: _Sweep):
         result=c.result._value,
     )
     jax.debug.callback(_report, stats)
+
+
+def continuous_solution(problem: Problem, spec: _Spec) -> Solution:
+    """The `Solution` of a continuous adjoint's solve.
+
+    With `SaveAt(fn=...)` the solve saves the states themselves and `fn` is
+    applied to them outside the custom VJP (so JAX differentiates `fn`): the
+    backward pass needs the state at each save time anyway (to restart y there
+    with `BacksolveAdjoint`, and for dL/dt_i = <dL/dy(t_i), f(t_i, y_i)>), so
+    storing `fn`'s values alone would save nothing here.
+    """
+    save_fn = problem.save_fn
+    raw = eqx.tree_at(lambda p: p.save_fn, problem, None, is_leaf=lambda x: x is None)
+    summary, records = continuous_solve(raw, spec)
+    sol = solution_from_records(raw, summary, records, discrete=False)
+    if save_fn is None or sol.ts is None:
+        return sol
+    d = problem.direction
+    loop_ts = sol.ts if isinstance(d, int) and d == 1 else d * sol.ts
+    return eqx.tree_at(lambda s: s.ys, sol, jax.vmap(save_fn)(loop_ts, sol.ys))
 
 
 @eqx.filter_custom_vjp

@@ -12,10 +12,9 @@ from ._continuous import (
     QuadratureParameters,
     _Spec,
     check_continuous,
-    continuous_solve,
+    continuous_solution,
     trajectory_source,
 )
-from ._outputs import solution_from_records
 
 
 class InterpolatedAdjoint(AbstractAdjoint):
@@ -96,5 +95,4 @@ class InterpolatedAdjoint(AbstractAdjoint):
             controller=self.controller,
             max_steps=self.max_steps,
         )
-        summary, records = continuous_solve(problem, spec)
-        return solution_from_records(problem, summary, records, discrete=False)
+        return continuous_solution(problem, spec)

@@ -11,10 +11,9 @@ from ._continuous import (
     QuadratureParameters,
     _Spec,
     check_continuous,
-    continuous_solve,
+    continuous_solution,
     trajectory_source,
 )
-from ._outputs import solution_from_records
 
 
 class QuadratureAdjoint(AbstractAdjoint):
@@ -83,5 +82,4 @@ class QuadratureAdjoint(AbstractAdjoint):
             controller=self.controller,
             max_steps=self.max_steps,
         )
-        summary, records = continuous_solve(problem, spec)
-        return solution_from_records(problem, summary, records, discrete=False)
+        return continuous_solution(problem, spec)

@@ -138,6 +138,7 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem):
                     dense_info=dense_info,
                     accepted=jnp.array(True),
                     state=None,
+                    save_fn=problem.save_fn,
                 )
                 ct_step = jtu.tree_map(jnp.zeros_like, inexact(step))
                 new_ct_records = {}
@@ -147,8 +148,9 @@ def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem):
                     )
                     new_ct_records[name] = zeros_where_none(ct_rec, records[name])
                     ct_step = tree_add(ct_step, zeros_where_none(ct_step_rec, step))
-                _, vjp_times = eqx.filter_vjp(times, problem)
-                (ct_p_times,) = vjp_times((ct_step.t0, ct_step.t1))
+                # The save times, and what SaveAt(fn=...) closes over.
+                _, vjp_times = eqx.filter_vjp(lambda p: (times(p), p.save_fn), problem)
+                (ct_p_times,) = vjp_times(((ct_step.t0, ct_step.t1), ct_step.save_fn))
                 cts = (ct_step.y0, ct_step.y1, ct_step.f0, ct_step.f1)
                 return (*cts, ct_step.dense_info), (new_ct_records, ct_p_times)
 

@@ -22,7 +22,9 @@ class AbstractInterpolation(eqx.Module):
     - `step_data(dense_info)`: what to keep for a step beyond its two end points
       (`None` for nothing), given the solver's `dense_info`;
     - `evaluate(solver, t0, t1, left, right, step, t)`: `y(t)` for `t` in
-      `[t0, t1]`, from the data of that step's two end points and its own.
+      `[t0, t1]`, from the data of that step's two end points and its own;
+    - `derivative(solver, t0, t1, left, right, step, t)`: the derivative in `t`
+      of that same interpolant (`Solution.derivative`).
 
     `interpolation.Trajectory` stores these for a whole solve and finds the step
     that contains `t`. Used by `SaveAt(dense=True)` and (by the continuous
@@ -65,4 +67,23 @@ class AbstractInterpolation(eqx.Module):
         `step_data` (`step`), and `t` in `[t0, t1]`.
 
         **Returns:** the interpolated state, a pytree like `y`.
+        """
+
+    @abc.abstractmethod
+    def derivative(
+        self,
+        solver,
+        t0: Real[Array, ""],
+        t1: Real[Array, ""],
+        left: PyTree,
+        right: PyTree,
+        step: PyTree,
+        t: Real[Array, ""],
+    ) -> PyTree:
+        """d/dt of `evaluate(solver, t0, t1, left, right, step, t)`: the derivative
+        of the interpolating polynomial itself (not `f(t, y(t))`).
+
+        **Arguments:** as `evaluate`.
+
+        **Returns:** a pytree like `y`.
         """

@@ -44,3 +44,23 @@ class HermiteInterpolation(AbstractInterpolation):
             return c[0] * a + c[1] * b + c[2] * fa + c[3] * fb
 
         return jtu.tree_map(leaf, y0, f0, y1, f1)
+
+    def derivative(self, solver, t0, t1, left, right, step, t):
+        # d/dt of `evaluate`'s basis, s = (t - t0) / h: the value basis is divided
+        # by h, the slope basis (already multiplied by h) is not.
+        del solver, step
+        h = t1 - t0
+        safe_h = jnp.where(h == 0, 1.0, h)
+        s = jnp.where(h == 0, 0.0, (t - t0) / safe_h)
+        inv_h = jnp.where(h == 0, 0.0, 1 / safe_h)
+        d00 = 6 * s * (s - 1) * inv_h
+        d01 = -d00
+        d10 = (1 - s) * (1 - 3 * s)
+        d11 = s * (3 * s - 2)
+        (y0, f0), (y1, f1) = left, right
+
+        def leaf(a, fa, b, fb):
+            c = [x.astype(a.dtype) for x in (d00, d01, d10, d11)]
+            return c[0] * a + c[1] * b + c[2] * fa + c[3] * fb
+
+        return jtu.tree_map(leaf, y0, f0, y1, f1)

@@ -33,3 +33,9 @@ class LinearInterpolation(AbstractInterpolation):
         return jtu.tree_map(
             lambda a, b: a + theta.astype(a.dtype) * (b - a), left, right
         )
+
+    def derivative(self, solver, t0, t1, left, right, step, t):
+        del solver, step, t
+        h = t1 - t0
+        inv_h = jnp.where(h == 0, 0.0, 1 / jnp.where(h == 0, 1.0, h))
+        return jtu.tree_map(lambda a, b: inv_h.astype(a.dtype) * (b - a), left, right)

@@ -41,6 +41,33 @@ class Trajectory(eqx.Module):
         out = jax.vmap(self._evaluate_one)(flat)
         return jtu.tree_map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
 
+    def derivative(self, t: Real[Array, "*shape"]) -> PyTree:
+        """d/dt of `evaluate` (the interpolant's own derivative), vectorised over
+        the shape of `t`. At a grid point, that of the step that ends there (and
+        at `t0`, of the first step); zero for a solve that took no step."""
+        t = jnp.asarray(t, self.times.dtype)
+        flat = jnp.reshape(t, (-1,))
+        out = jax.vmap(self._derivative_one)(flat)
+        return jtu.tree_map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+
+    def _derivative_one(self, t):
+        ends = self.times[1:]
+        j = _count_below(ends, t)
+        j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
+        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
+        empty = self.count == 0
+        t_start = self.times[0]
+        dy = self.interpolation.derivative(
+            self.solver,
+            jnp.where(empty, t_start, self.times[j]),
+            jnp.where(empty, t_start + 1, self.times[j + 1]),
+            take(self.points, j),
+            take(self.points, j + 1),
+            take(self.steps, j),
+            jnp.where(empty, t_start, t),
+        )
+        return jtu.tree_map(lambda d: jnp.where(empty, jnp.zeros_like(d), d), dy)
+
     def _evaluate_one(self, t):
         # First step whose end is >= t; unused entries are inf so never chosen
         # before a real one, and clipping keeps t beyond t1 (by rounding) in range.
