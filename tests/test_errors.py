@@ -7,7 +7,10 @@ Problems only known at run time (traced values, or the solve itself failing) rai
 `eqx.filter_jit`, which re-raises them as `EquinoxRuntimeError`.
 """
 
+import os
 import re
+import subprocess
+import sys
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -512,3 +515,35 @@ def test_step_count_past_int32_is_not_wrapped_round(traced):
     assert sol.result == ak.RESULTS.max_steps_reached
     with pytest.raises(Exception, match="maximum number of steps"):
         constant(dt0=1e-10)
+
+
+def test_a_failure_under_plain_jax_jit_is_named_in_the_first_lines(tmp_path):
+    # Under plain `jax.jit` (not `eqx.filter_jit`) JAX wraps the raised error in
+    # its own runtime error, whose text ends with the callback's traceback. What
+    # a user reads first is JAX's log line for the failed callback, which carries
+    # adjointkit's message: it must be within the first lines printed, and the
+    # message must be in the exception's text too.
+    script = tmp_path / "fails.py"
+    script.write_text(
+        "import jax, jax.numpy as jnp\n"
+        "import adjointkit as ak\n"
+        "@jax.jit\n"
+        "def run(y0):\n"
+        "    return ak.solve(lambda t, y, a: -y, ak.Tsit5(), 0.0, 10.0, y0,\n"
+        "                    dt0=0.01, max_steps=10).ys\n"
+        "try:\n"
+        "    run(jnp.ones(2))\n"
+        "except Exception as error:\n"
+        "    assert 'maximum number of steps' in str(error), str(error)[-400:]\n"
+        "    raise\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    first = done.stderr.splitlines()[:12]
+    assert any("maximum number of steps was reached" in line for line in first), (
+        "\n".join(first)
+    )
