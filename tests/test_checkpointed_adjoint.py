@@ -383,6 +383,7 @@ def test_replay_reuses_the_recorded_decisions_whatever_the_state():
     assert not jnp.array_equal(afresh, times)
 
 
+@pytest.mark.slow  # float32: test_float32_gradients_approximate_float64 by default
 def test_float32_adaptive_checkpointed_gradient_equals_all_steps():
     # Lotka--Volterra in float32 at rtol 1e-6, near float32's resolution: with the
     # controller re-run in replays, a rounding difference flipped a decision

@@ -265,6 +265,7 @@ def test_seminorm_saves_backward_steps_at_equal_accuracy():
     assert rel_err(full, exact) < C * tol
 
 
+@pytest.mark.slow  # documents a pitfall of the seminorm, not a feature
 def test_seminorm_can_miss_a_fast_parameter_integrand():
     """Why the seminorm is off by default: with df/dθ oscillating up to frequency
     50 while the adjoint stays smooth, steps chosen for `a` alone (24 of them)
@@ -344,6 +345,7 @@ def test_vmap_gives_per_example_gradients():
         assert rel_err(batched[i], single(y0s[i])) < 1e-12
 
 
+@pytest.mark.slow  # float32 runs in the default suite for the discrete adjoints
 def test_float32_gradients_approximate_float64():
     def grad(dtype):
         def loss(a):
@@ -426,7 +428,11 @@ def _adaptive_big_temp_mib(adjoint, max_steps) -> float:
 @pytest.mark.parametrize(
     # One storage path for both: the quadrature's run on demand.
     "name",
-    ["interpolated", pytest.param("quadrature", marks=pytest.mark.slow)],
+    [
+        # A memory law, as benchmarks/adaptive.py reports it: on demand.
+        pytest.param("interpolated", marks=pytest.mark.slow),
+        pytest.param("quadrature", marks=pytest.mark.slow),
+    ],
 )
 def test_adaptive_storage_grows_like_the_square_root_of_max_steps(name):
     """By default, with adaptive steps, the interpolating adjoints keep c states
@@ -458,7 +464,12 @@ def test_adaptive_storage_grows_like_the_square_root_of_max_steps(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["interpolated", pytest.param("quadrature", marks=pytest.mark.slow)]
+    # The property test checks the default against DirectAdjoint on every run.
+    "name",
+    [
+        pytest.param("interpolated", marks=pytest.mark.slow),
+        pytest.param("quadrature", marks=pytest.mark.slow),
+    ],
 )
 def test_adaptive_default_equals_every_step_kept(name):
     """When the steps taken fit one rebuilt stretch, the default's backward pass

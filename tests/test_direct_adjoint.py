@@ -406,6 +406,7 @@ def test_jacfwd_equals_jacrev():
     assert rel_err(fwd, rev) < TOL_ROUNDING  # same derivative, two orders: rounding
 
 
+@pytest.mark.slow  # every other test compares jitted gradients with references
 def test_jit_gives_the_eager_gradients():
     """jit changes nothing: with times as Python constants inside the jitted
     function, or as jit arguments (traced, the bounded path), the gradient equals
@@ -720,6 +721,9 @@ def adaptive_inputs():
     return jnp.asarray(Y3), default_args(), jnp.asarray(ADAPTIVE_T1), ADAPTIVE_TS
 
 
+# The same equality, the other way round, is test_checkpointed_adjoint's
+# test_equals_direct_adjoint[AllSteps()-adaptive], in the default run.
+@pytest.mark.slow
 def test_adaptive_gradients_equal_checkpointed_all_steps():
     """With adaptive steps, DirectAdjoint's gradients (in y0, args, t1 and the
     save times) are CheckpointedAdjoint(AllSteps())'s: the same steps
@@ -733,6 +737,7 @@ def test_adaptive_gradients_equal_checkpointed_all_steps():
     assert rel_err(direct, reference) < TOL_ROUNDING
 
 
+@pytest.mark.slow  # vmap of adaptive solves: test_checkpointed_adjoint by default
 def test_adaptive_vmap_gives_per_example_gradients():
     """Batched, the adaptive loop's `cond`s become selects that run every
     iteration up to max_steps: the iterations an example did not need must leave

@@ -62,6 +62,7 @@ def test_lotka_volterra_fit(tmp_path):
     assert _png(tmp_path / "lotka_volterra_fit.png")
 
 
+@pytest.mark.slow  # what it runs, `adjointkit compare` runs in test_cli
 def test_choose_adjoint(tmp_path):
     out = _run("choose_adjoint.py", tmp_path)
     rows = {

@@ -55,7 +55,13 @@ def test_direct_adjoint_evaluates_nothing_going_back():
         },
         # The replay under adaptive steps is interpolated-adaptive's; the
         # quadrature's own count is constant-quadrature's.
-        slow={("adaptive", "quadrature")},
+        # Budget: one adaptive and one constant-step count in the default suite.
+        slow={
+            ("adaptive", "quadrature"),
+            ("adaptive", "interpolated"),
+            ("constant", "interpolated"),
+            ("constant", "backsolve"),
+        },
     ),
 )
 def test_continuous_backward_evaluations_equal_the_backward_statistics(adjoint, rtol):

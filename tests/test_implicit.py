@@ -267,7 +267,8 @@ def test_robertson_backsolve_fails_clearly():
 @pytest.mark.parametrize(
     "solver, adjoint",
     [
-        ("kvaerno5", "checkpointed"),
+        # Discrete adjoints on a stiff problem by default: Robertson's test.
+        pytest.param("kvaerno5", "checkpointed", marks=pytest.mark.slow),
         ("rodas5", "quadrature"),
         pytest.param("kvaerno5", "quadrature", marks=pytest.mark.slow),
         pytest.param("rodas5", "checkpointed", marks=pytest.mark.slow),
