@@ -312,7 +312,6 @@ def main():
         equinox=__import__("equinox").__version__,
         optimistix=__import__("optimistix").__version__,
         lineax=__import__("lineax").__version__,
-        adjointkit=ak.__version__,
     )
     print(json.dumps(meta))
     if args.out is not None:
