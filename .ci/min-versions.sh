@@ -18,8 +18,10 @@ echo "min-versions: $("$py" -m pip list --format=freeze \
 # The subset (about a minute on two cores; no Diffrax, whose comparisons are the
 # slow part of the suite): validation, solving and its gradients, two continuous
 # adjoints' backward passes, closed-over parameters and Equinox modules as
-# args (closure conversion), training with optax (its float64 data needs the
-# enable_x64 shim), the README's and the training guide's code.
+# args (closure conversion), progress meters, training with optax (its float64
+# data needs the enable_x64 shim), the README's and the training guide's code.
+# Name only tests of the default selection: pyproject's -m 'not slow' applies
+# here too and would deselect the others without a word.
 # --basetemp keeps the tests' files in the scratch folder.
 harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_backward_statistics
 "$py" -m pytest -p no:cacheprovider --basetemp "$scratch/pytest" \
@@ -28,11 +30,12 @@ harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_ba
     tests/test_solve.py \
     "tests/test_implicit.py::test_stiff_linear_system_meets_tolerance_in_few_steps" \
     tests/test_implicit.py::test_failed_newton_step_is_rejected_and_retried_shorter \
-    "$harness[constant-backsolve]" \
+    "$harness[adaptive-backsolve]" \
     "tests/test_idioms.py::test_closed_over_array_gets_the_gradient_it_gets_through_args[binomial-adaptive]" \
-    "tests/test_idioms.py::test_equinox_modules_as_args_and_as_closures[quadrature-adaptive]" \
+    "tests/test_idioms.py::test_equinox_modules_as_args_and_as_closures[direct-adaptive]" \
     "tests/test_idioms.py::test_scalar_state_made_inside_jit[backsolve]" \
-    "$harness[constant-interpolated]" \
+    "$harness[constant-quadrature]" \
+    tests/test_progress.py \
     tests/test_train.py::test_train_without_rich_or_matplotlib \
     tests/test_docs.py -k "not test_code_block_runs or README or training"
 echo "min-versions: done in $((SECONDS - start)) s"

@@ -30,11 +30,14 @@ def test_no_meter_compiles_exactly_as_before():
     def run(y0, **kw):
         return ak.solve(decay, ak.Tsit5(), 0.0, 1.0, y0, dt0=0.01, **kw).ys
 
-    plain = str(jax.make_jaxpr(run)(Y0))
-    off = str(jax.make_jaxpr(lambda y: run(y, progress_meter=None))(Y0))
-    on = str(
-        jax.make_jaxpr(lambda y: run(y, progress_meter=ak.TextProgressMeter()))(Y0)
-    )
+    def program(fn):
+        # Older JAX prints the error check's Python callback with its address,
+        # which differs from one trace to the next: compare without it.
+        return re.sub(r" at 0x[0-9a-f]+", "", str(jax.make_jaxpr(fn)(Y0)))
+
+    plain = program(run)
+    off = program(lambda y: run(y, progress_meter=None))
+    on = program(lambda y: run(y, progress_meter=ak.TextProgressMeter()))
     assert off == plain
     assert "debug_callback" not in plain
     assert "debug_callback" in on
