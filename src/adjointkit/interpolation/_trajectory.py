@@ -36,52 +36,36 @@ class Trajectory(eqx.Module):
     def evaluate(self, t: Real[Array, "*shape"]) -> PyTree:
         """`y(t)`, vectorised over the shape of `t`. A `t` on a grid point is read
         from the step that ends there (and `t0` from the first step)."""
-        t = jnp.asarray(t, self.times.dtype)
-        flat = jnp.reshape(t, (-1,))
-        out = jax.vmap(self._evaluate_one)(flat)
-        return jtu.tree_map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+        return self._vectorised(self._evaluate_one, t)
 
     def derivative(self, t: Real[Array, "*shape"]) -> PyTree:
         """d/dt of `evaluate` (the interpolant's own derivative), vectorised over
         the shape of `t`. At a grid point, that of the step that ends there (and
         at `t0`, of the first step); zero for a solve that took no step."""
+        return self._vectorised(self._derivative_one, t)
+
+    def _vectorised(self, one, t):
+        """`one` (of a scalar time) over every entry of `t`, shaped like `t`."""
         t = jnp.asarray(t, self.times.dtype)
-        flat = jnp.reshape(t, (-1,))
-        out = jax.vmap(self._derivative_one)(flat)
+        out = jax.vmap(one)(jnp.reshape(t, (-1,)))
         return jtu.tree_map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
 
-    def _derivative_one(self, t):
-        ends = self.times[1:]
-        j = _count_below(ends, t)
-        j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
-        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
-        empty = self.count == 0
-        t_start = self.times[0]
-        dy = self.interpolation.derivative(
-            self.solver,
-            jnp.where(empty, t_start, self.times[j]),
-            jnp.where(empty, t_start + 1, self.times[j + 1]),
-            take(self.points, j),
-            take(self.points, j + 1),
-            take(self.steps, j),
-            jnp.where(empty, t_start, t),
-        )
-        return jtu.tree_map(lambda d: jnp.where(empty, jnp.zeros_like(d), d), dy)
-
-    def _evaluate_one(self, t):
+    def _on_step(self, read, t):
+        """`(read(solver, t_a, t_b, y_a, y_b, step, t), empty)`: `read` (the
+        interpolation's `evaluate` or `derivative`) on the recorded step that holds
+        `t`, and whether the solve took no step at all."""
         # First step whose end is >= t; unused entries are inf so never chosen
         # before a real one, and clipping keeps t beyond t1 (by rounding) in range.
         ends = self.times[1:]
         j = _count_below(ends, t)
         j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
         take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
-        # With no steps (t0 == t1) the solution is the initial point everywhere:
-        # the start of a step, read on a step of unit length. Neither branch may
-        # divide by a zero or infinite step length, even unselected: its NaN
-        # would reach the gradient through `where`.
+        # With no steps (t0 == t1), read a step of unit length from the start.
+        # Neither branch may divide by a zero or infinite step length, even
+        # unselected: its NaN would reach the gradient through `where`.
         empty = self.count == 0
         t_start = self.times[0]
-        y = self.interpolation.evaluate(
+        value = read(
             self.solver,
             jnp.where(empty, t_start, self.times[j]),
             jnp.where(empty, t_start + 1, self.times[j + 1]),
@@ -90,6 +74,18 @@ class Trajectory(eqx.Module):
             take(self.steps, j),
             jnp.where(empty, t_start, t),
         )
+        return value, empty
+
+    def _derivative_one(self, t):
+        dy, empty = self._on_step(self.interpolation.derivative, t)
+        return jtu.tree_map(lambda d: jnp.where(empty, jnp.zeros_like(d), d), dy)
+
+    def _evaluate_one(self, t):
+        # With no steps the solution is the initial point everywhere: the start
+        # of a step.
+        y, empty = self._on_step(self.interpolation.evaluate, t)
+        t_start = self.times[0]
+        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
         y0 = self.interpolation.evaluate(
             self.solver,
             t_start,
