@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
-from ._base import AbstractSolver, SolverStep
+from ._base import AbstractSolver, SolverStep, step_fraction
 from ._newton import (
     NewtonSettings,
     _stop_gradient,
@@ -263,7 +263,7 @@ class AbstractImplicitRungeKutta(AbstractSolver):
     ) -> PyTree:
         y0_flat, unravel = ravel_pytree(y0)
         h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         P = self.tableau.dense_matrix()
         powers = theta ** np.arange(1, P.shape[1] + 1)
         weights = (h * (jnp.asarray(P, dtype=theta.dtype) @ powers)).astype(

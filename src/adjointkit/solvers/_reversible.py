@@ -21,7 +21,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
-from ._base import AbstractAuxiliaryState, AbstractSolver, SolverStep
+from ._base import AbstractAuxiliaryState, AbstractSolver, SolverStep, step_fraction
 from ._runge_kutta import AbstractExplicitRungeKutta
 
 
@@ -412,8 +412,7 @@ class Reversible(AbstractReversibleSolver):
         t: Real[Array, ""],
     ) -> PyTree:
         z0, base_info = dense_info
-        h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         weight = 1 - (1 - self.coupling) * theta
         base = self.solver.interpolate(t0, t1, z0, base_info, t)
         return jtu.tree_map(
@@ -564,8 +563,7 @@ class ReversibleHeun(AbstractReversibleSolver):
         dense_info,
         t: Real[Array, ""],
     ) -> PyTree:
-        h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         return jtu.tree_map(
             lambda a, b: a + theta.astype(a.dtype) * (b - a), y0, dense_info
         )

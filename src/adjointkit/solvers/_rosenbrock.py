@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
-from ._base import AbstractSolver, SolverStep
+from ._base import AbstractSolver, SolverStep, step_fraction
 from ._newton import flat_field
 
 
@@ -165,8 +165,7 @@ class AbstractRosenbrock(AbstractSolver):
         t: Real[Array, ""],
     ) -> PyTree:
         y0_flat, unravel = ravel_pytree(y0)
-        h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         theta = theta.astype(dense_info.dtype)
         *Ks, y1_flat = dense_info
         inner = Ks[-1]

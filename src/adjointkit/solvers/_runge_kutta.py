@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, PyTree, Real
 
 from .._tree import tree_lincomb, tree_stack
-from ._base import AbstractSolver, SolverStep, explicit_step
+from ._base import AbstractSolver, SolverStep, explicit_step, step_fraction
 from ._tableau import ButcherTableau
 
 
@@ -88,7 +88,7 @@ class AbstractExplicitRungeKutta(AbstractSolver):
         t: Real[Array, ""],
     ) -> PyTree:
         h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         P = self.tableau.dense_matrix()
         powers = theta ** np.arange(1, P.shape[1] + 1)
         weights = jnp.asarray(P, dtype=theta.dtype) @ powers
