@@ -18,9 +18,11 @@ import equinox as eqx
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
+from .._tree import tree_lincomb, tree_stack
 from ._base import AbstractAuxiliaryState, AbstractSolver, SolverStep, step_fraction
 from ._runge_kutta import AbstractExplicitRungeKutta
 
@@ -71,6 +73,7 @@ class AbstractReversibleSolver(AbstractSolver):
         ct_y1: PyTree,
         ct_state1: PyTree,
         record_pullback: Callable | None,
+        recompute_stages: bool = False,
     ):
         """Undo one step and pull cotangents back through it.
 
@@ -83,7 +86,10 @@ class AbstractReversibleSolver(AbstractSolver):
         - `record_pullback(y0, y1, f0, f1, dense_info) -> (cts, aux)`: the
           cotangents `(ct_y0, ct_y1, ct_f0, ct_f1, ct_dense_info)` that what was
           saved from this step sends back into it (from the step's values), and
-          anything the caller wants back; `None` when nothing was saved.
+          anything the caller wants back; `None` when nothing was saved;
+        - `recompute_stages`: hold the intermediate values of one evaluation of
+          `f` at a time, evaluating each stage again to pull back through it,
+          where the method supports it (less memory, more evaluations).
 
         **Returns:** `(y0, state0, ct_p, ct_y0, ct_state0, aux)`: the reconstructed
         start of the step, the cotangents of `p`, `y0` and `state0`, and
@@ -126,6 +132,126 @@ def reverse_by_inverse(
     if ct_y0_saved is not None:
         ct_y0 = _add(ct_y0, ct_y0_saved)
     return y0, state0, ct_p, ct_y0, ct_state0, aux
+
+
+def _base_step_by_stages(base, unpack, p, x, backward: bool, dense: bool = False):
+    """A step of the explicit Runge--Kutta `base` from `x`, over `[t0, t1]` or
+    (`backward`) from `t1` to `t0`, with a pullback that holds the
+    intermediate values of one evaluation of `f` at a time.
+
+    **Returns:** `(phi, k0, dense_info, pullback)`: the step's result, its first
+    stage `f(t_a, x)`, with `dense` its `dense_info` as `base.step` returns it
+    (else `None`), and `pullback(ct_phi, ct_k0, ct_dense=None) -> (ct_p, ct_x)`.
+
+    `jax.vjp` of the whole step keeps what each of its `s` evaluations of `f`
+    computed inside (a Neural ODE's hidden activations, `s` times over) until
+    the step is pulled back. Here only the stages' inputs and values are kept
+    (`2 s` states); the pullback is a loop over the stages, last first, that
+    evaluates each stage's `f` again to linearise it. It is a loop rather than
+    unrolled because XLA merges an unrolled re-evaluation with the original one
+    (same inputs, same result) and so keeps every intermediate again; on the
+    CPU it does so even across `lax.optimization_barrier`, which is why
+    `jax.checkpoint` around `f` saves nothing here. Cost: `s` more evaluations
+    of `f` per step.
+    """
+    tab = base.tableau
+    used = tab.num_stages - (1 if tab.fsal else 0)  # the FSAL stage is f(t1, y1)
+
+    def ends(p):
+        _, t0, t1, _ = unpack(p)
+        return (t1, t0) if backward else (t0, t1)
+
+    def stage(p, c, y):
+        f, _, _, args = unpack(p)
+        ta, tb = ends(p)
+        return f(ta + c * (tb - ta), y, args)
+
+    ta, tb = ends(p)
+    h = tb - ta
+    ys, ks = [], []
+    for i in range(used):  # as `base.step` evaluates them
+        y = x if i == 0 else tree_lincomb(x, h, tab.a[i], ks)
+        ys.append(y)
+        ks.append(stage(p, tab.c[i], y))
+    phi = tree_lincomb(x, h, tab.b[:used], ks)
+
+    def at_end(p, y):
+        f, _, _, args = unpack(p)
+        return f(ends(p)[1], y, args)
+
+    # The stages and f(t_b, phi) (FSAL methods' last stage, the others' extra
+    # evaluation), as `base.step` stacks them.
+    dense_info = tree_stack([*ks, at_end(p, phi)]) if dense else None
+    ys, ks = tree_stack(ys), tree_stack(ks)
+    a = np.zeros((used, used))  # the strictly lower triangle a[i][j], dense
+    for i in range(used):
+        a[i, :i] = tab.a[i]
+    b = np.asarray(tab.b[:used])
+    c = np.asarray(tab.c[:used])
+
+    def spread(w, ct):
+        """`h w_j ct` for each stage j, stacked: the cotangents that
+        `h sum_j w_j k_j` sends to the stages."""
+        w = (h * w).astype(ct.dtype)
+        return w.reshape((used,) + (1,) * ct.ndim) * ct[None]
+
+    def dot_h(w, ct):
+        """The cotangent that `h sum_j w_j k_j` sends to `h`."""
+        total = sum(
+            jnp.vdot(u, jnp.tensordot(w.astype(u.dtype), k, axes=1))
+            for u, k in zip(jtu.tree_leaves(ct), jtu.tree_leaves(ks), strict=True)
+        )
+        return total.astype(h.dtype)
+
+    def pullback(ct_phi, ct_k0, ct_dense=None):
+        ct_p_end = None
+        if ct_dense is not None:
+            _, vjp_end = eqx.filter_vjp(at_end, p, phi)
+            ct_p_end, ct_phi_end = vjp_end(jtu.tree_map(lambda v: v[used], ct_dense))
+            ct_phi = _add(ct_phi, ct_phi_end)
+        # phi = x + h sum_j b_j k_j
+        ct_ks = jtu.tree_map(lambda ct: spread(jnp.asarray(b), ct), ct_phi)
+        if ct_dense is not None:
+            ct_ks = jtu.tree_map(lambda u, v: u + v[:used], ct_ks, ct_dense)
+        if ct_k0 is not None:
+            ct_ks = jtu.tree_map(lambda u, v: u.at[0].add(v), ct_ks, ct_k0)
+        ct_h = dot_h(jnp.asarray(b), ct_phi)
+        ct_p = jtu.tree_map(
+            lambda v: jnp.zeros_like(v) if eqx.is_inexact_array(v) else None, p
+        )
+
+        def body(n, carry):
+            ct_ks, ct_x, ct_p, ct_h = carry
+            i = used - 1 - n
+            y, ct_k = jtu.tree_map(lambda v: v[i], (ys, ct_ks))
+            c_i = jnp.asarray(c, jnp.result_type(h))[i]
+            _, stage_vjp = eqx.filter_vjp(lambda p, y: stage(p, c_i, y), p, y)
+            ct_p_i, ct_y = stage_vjp(ct_k)
+            # y_i = x + h sum_j a_ij k_j
+            row = jnp.asarray(a)[i]
+            ct_ks = jtu.tree_map(lambda u, v: u + spread(row, v), ct_ks, ct_y)
+            ct_h = ct_h + dot_h(row, ct_y)
+            return ct_ks, _add(ct_x, ct_y), _add_none(ct_p, ct_p_i), ct_h
+
+        _, ct_x, ct_p, ct_h = lax.fori_loop(0, used, body, (ct_ks, ct_phi, ct_p, ct_h))
+        _, vjp_h = eqx.filter_vjp(lambda p: (lambda u, v: v - u)(*ends(p)), p)
+        (ct_p_h,) = vjp_h(ct_h)
+        ct_p = _add_none(ct_p, ct_p_h)
+        if ct_p_end is not None:
+            ct_p = _add_none(ct_p, ct_p_end)
+        return ct_p, ct_x
+
+    return phi, jtu.tree_map(lambda k: k[0], ks), dense_info, pullback
+
+
+def _add_none(a, b):
+    """Leafwise sum of two cotangent trees in which a leaf may be `None`."""
+    return jtu.tree_map(
+        lambda u, v: v if u is None else (u if v is None else u + v),
+        a,
+        b,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def _axpy(a, x, y):
@@ -316,6 +442,7 @@ class Reversible(AbstractReversibleSolver):
         ct_y1: PyTree,
         ct_state1: ReversibleState,
         record_pullback: Callable | None,
+        recompute_stages: bool = False,
     ):
         """Undo the step and pull back through it, one half at a time.
 
@@ -331,6 +458,11 @@ class Reversible(AbstractReversibleSolver):
         neither used nor produced (it is zero here, as every caller's is). When
         nothing was saved from the step, the returned state's `fz` and `fy` are
         not recomputed (the next `reverse_step` reads only `z`).
+
+        With `recompute_stages`, each base step is pulled back stage by stage
+        (`_base_step_by_stages`): the intermediate values of one evaluation of
+        `f` are held instead of `s`, for `s` more evaluations per base step
+        (`2 s` per step, one more when the step saved something).
         """
         lam = self.coupling
         base = self.solver
@@ -341,7 +473,15 @@ class Reversible(AbstractReversibleSolver):
             fy1 = f(t1, y1, args)
             return base.step(f, t1, t0, y1, args, fy1).y1, fy1
 
-        (phi_back, fy1), vjp_back = eqx.filter_vjp(back_half, p, y1)
+        if recompute_stages:
+            phi_back, fy1, _, pull_back = _base_step_by_stages(
+                base, unpack, p, y1, backward=True
+            )
+
+            def vjp_back(cts):
+                return pull_back(*cts)
+        else:
+            (phi_back, fy1), vjp_back = eqx.filter_vjp(back_half, p, y1)
         z0 = _add(_sub(state1.z, y1), phi_back)
 
         def forward_half(p, z0):
@@ -351,7 +491,15 @@ class Reversible(AbstractReversibleSolver):
             return out.y1, (out.dense_info if want_dense else None)
 
         if want_dense:
-            (phi, base_dense), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
+            if recompute_stages:
+                phi, fz0, base_dense, pull_forward = _base_step_by_stages(
+                    base, unpack, p, z0, backward=False, dense=True
+                )
+
+                def vjp_forward(cts):
+                    return pull_forward(cts[0], None, cts[1])
+            else:
+                (phi, base_dense), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
             y0 = _axpy(1 / lam, _sub(y1, phi), z0)
             f, t0, _, args = unpack(p)
             fy0 = f(t0, y0, args)
@@ -372,9 +520,15 @@ class Reversible(AbstractReversibleSolver):
         if not want_dense:
             # Pull back the second shear before linearising the first.
             z0, ct_y1, ct_p_back = lax.optimization_barrier((z0, ct_y1, ct_p_back))
-            (phi, _), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
+            if recompute_stages:
+                phi, _, _, pull_forward = _base_step_by_stages(
+                    base, unpack, p, z0, backward=False
+                )
+                ct_p_fwd, ct_z0_fwd = pull_forward(ct_y1, None)
+            else:
+                (phi, _), vjp_forward = eqx.filter_vjp(forward_half, p, z0)
+                ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, None))
             y0 = _axpy(1 / lam, _sub(y1, phi), z0)
-            ct_p_fwd, ct_z0_fwd = vjp_forward((ct_y1, None))
             ct_y0 = jtu.tree_map(lambda c: lam * c, ct_y1)
             ct_fy0 = jtu.tree_map(jnp.zeros_like, ct_state1.fy)
         else:
@@ -391,7 +545,8 @@ class Reversible(AbstractReversibleSolver):
             is_leaf=lambda x: x is None,
         )
         if want_dense:
-            fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
+            if not recompute_stages:
+                fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
             state0 = ReversibleState(z=z0, fz=fz0, fy=fy0)
         else:
             # Nothing reads the carried evaluations here (the next reverse_step
@@ -548,9 +703,12 @@ class ReversibleHeun(AbstractReversibleSolver):
         ct_y1: PyTree,
         ct_state1: ReversibleHeunState,
         record_pullback: Callable | None,
+        recompute_stages: bool = False,
     ):
         """`reverse_by_inverse`: one evaluation to undo the step, and the VJP of
-        a step (one more)."""
+        a step (one more). `recompute_stages` changes nothing: a step has one
+        evaluation of `f`."""
+        del recompute_stages
         return reverse_by_inverse(
             self, unpack, p, y1, state1, ct_y1, ct_state1, record_pullback
         )
