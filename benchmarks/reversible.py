@@ -3,8 +3,9 @@ BacksolveAdjoint, side by side in one run.
 
 The Neural ODE of DESIGN §4 (MLP 32→128→128→32, tanh, batch 256, float32, t in
 [0, 1], loss mean(y(1)²)): adjointkit solves it with `Reversible(Tsit5())` and
-`ReversibleAdjoint()` (and with `recompute_stages=True`), Diffrax with `Tsit5()` and each of its two adjoints;
-N constant steps, or adaptive steps (PID, rtol = atol, at most `--max-steps`).
+`ReversibleAdjoint()` (and with `recompute_stages=True`), Diffrax with `Tsit5()`
+and each of its two adjoints; N constant steps, or adaptive steps (PID, rtol =
+atol, at most `--max-steps`).
 Reported: value+grad time (interleaved over rounds, best kept), XLA temp bytes
 of the compiled value+grad (DESIGN §3), and the ratios the issue asks for:
 time against `RecursiveCheckpointAdjoint()`, memory against `BacksolveAdjoint`.
