@@ -218,4 +218,5 @@ PROBLEMS: dict[str, Callable[..., BenchProblem]] = {
     "lotka_volterra": lotka_volterra,
     "robertson": robertson,
     "van_der_pol": van_der_pol,
+    "stiff_neural_ode": stiff_neural_ode,
 }
