@@ -90,9 +90,21 @@ def _grads(adjoint, solve_kind):
     crossed(
         {repr(s): s for s in SCHEDULES},
         list(SOLVES),
-        # A step count known only at run time: the other schedules cover it,
-        # and the property test draws such counts.
-        slow={("AllSteps()", "constant-runtime-N")},
+        # Each schedule kind with constant steps known at trace time and with
+        # adaptive ones (revolve and the online plan for the binomial); a step
+        # count known only at run time with one binomial schedule (the property
+        # test draws such counts for EveryKSteps(3) and checks it against
+        # DirectAdjoint by default). The other numbers of checkpoints on demand:
+        # test_checkpointing reverses every schedule's plans at many step counts.
+        fast={
+            ("AllSteps()", "constant-known-N"),
+            ("AllSteps()", "adaptive"),
+            ("EveryKSteps(k=3)", "constant-known-N"),
+            ("EveryKSteps(k=3)", "adaptive"),
+            ("BinomialCheckpoints(num_checkpoints=2)", "constant-known-N"),
+            ("BinomialCheckpoints(num_checkpoints=3)", "constant-runtime-N"),
+            ("BinomialCheckpoints()", "adaptive"),
+        },
     ),
 )
 def test_equals_direct_adjoint(schedule, solve_kind):
@@ -109,11 +121,10 @@ def test_equals_direct_adjoint(schedule, solve_kind):
     crossed(
         {repr(s): s for s in (ak.AllSteps(), ak.BinomialCheckpoints(3))},
         {"constant": False, "adaptive": True},
-        # Backward in time with constant steps: the property test draws it.
-        fast={
-            ("AllSteps()", "adaptive"),
-            ("BinomialCheckpoints(num_checkpoints=3)", "adaptive"),
-        },
+        # Backward in time with constant steps: the property test draws it. A
+        # plan does not depend on the direction: the online binomial plan with
+        # its replayed decisions by default, AllSteps() on demand.
+        fast={("BinomialCheckpoints(num_checkpoints=3)", "adaptive")},
     ),
 )
 def test_equals_direct_adjoint_backward_in_time(schedule, adaptive):
@@ -293,12 +304,28 @@ def test_every_k_steps_memory_is_k_plus_n_over_k():
     assert per_state > 0
 
 
+def _decay_loss(k, adjoint):
+    sol = ak.solve(
+        lambda t, y, k: -k * y, ak.Tsit5(), 0.0, 1.0, jnp.array([1.0]), k,
+        dt0=0.1, adjoint=adjoint,
+    )  # fmt: skip
+    return sol.ys[-1, 0]
+
+
+@functools.cache
+def _decay_grad_direct():
+    """The reference of test_gradient_with_respect_to_a_python_number, computed
+    once per process (as the test computes it, eagerly at a Python float)."""
+    return jax.grad(_decay_loss)(0.7, ak.DirectAdjoint())
+
+
 @pytest.mark.parametrize(
     "adjoint",
     [
         ak.CheckpointedAdjoint(),
         ak.BacksolveAdjoint(),
-        ak.InterpolatedAdjoint(),
+        # The continuous adjoints share one custom VJP: Interpolated on demand.
+        pytest.param(ak.InterpolatedAdjoint(), marks=pytest.mark.slow),
         ak.QuadratureAdjoint(),
     ],
     ids=lambda a: type(a).__name__,
@@ -306,16 +333,8 @@ def test_every_k_steps_memory_is_k_plus_n_over_k():
 def test_gradient_with_respect_to_a_python_number(adjoint):
     """jax.grad at a Python float traces it around a literal; a custom VJP must
     still see it as differentiable (it once silently returned 0)."""
-
-    def loss(k, adjoint):
-        sol = ak.solve(
-            lambda t, y, k: -k * y, ak.Tsit5(), 0.0, 1.0, jnp.array([1.0]), k,
-            dt0=0.1, adjoint=adjoint,
-        )  # fmt: skip
-        return sol.ys[-1, 0]
-
-    expected = jax.grad(loss)(0.7, ak.DirectAdjoint())
-    got = jax.grad(loss)(0.7, adjoint)
+    expected = _decay_grad_direct()
+    got = jax.grad(_decay_loss)(0.7, adjoint)
     # Discrete adjoints: the same discrete derivative (rounding only); continuous:
     # the exact -exp(-0.7) within Tsit5's error at dt = 0.1 (~1e-7).
     assert got == pytest.approx(float(expected), rel=1e-5)
