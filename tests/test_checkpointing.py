@@ -2,6 +2,7 @@
 visits every step, last first, with the right state, re-running exactly the steps
 the theory says."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -117,6 +118,29 @@ def _record(plan: AbstractCheckpointPlan, num_steps: int):
     return record
 
 
+@functools.cache
+def _compiled_reverse(plan, max_static_steps, max_steps):
+    """`reverse_steps` of `plan` over `_Counter`'s steps, recording the order in
+    which the steps are visited and whether each came with its own state: jitted
+    once per plan (and limit of the static table, which is read at trace time),
+    with the number of steps an argument, as the adjoints run it. Plans that do
+    not depend on the number of steps (the online ones) compile once for all."""
+    del max_static_steps  # part of the cache's key only
+
+    def leaf(carry, state, a):
+        visited, count, states_ok = carry
+        return visited.at[count].set(a), count + 1, states_ok & (state == a)
+
+    @jax.jit
+    def reverse(checkpoints, num_steps):
+        init = (jnp.full((max_steps,), -1), jnp.int32(0), jnp.array(True))
+        return reverse_steps(
+            None, _Counter(), plan, checkpoints, num_steps, num_steps, leaf, init
+        )
+
+    return reverse
+
+
 SCHEDULES = [
     ak.AllSteps(),
     ak.EveryKSteps(1),
@@ -145,16 +169,8 @@ def test_backward_pass_visits_every_step_last_first(
     max_steps = 40
     plan = schedule.plan(num_steps if known else None, max_steps)
     checkpoints = _record(plan, num_steps)
-
-    def leaf(carry, state, a):
-        visited, count, states_ok = carry
-        return visited.at[count].set(a), count + 1, states_ok & (state == a)
-
-    init = (jnp.full((max(num_steps, 1),), -1), jnp.int32(0), jnp.array(True))
-    (visited, count, states_ok), recomputed = reverse_steps(
-        None, _Counter(), plan, checkpoints, jnp.int32(num_steps), jnp.int32(num_steps),
-        leaf, init,
-    )  # fmt: skip
+    reverse = _compiled_reverse(plan, _reverse._MAX_STATIC_STEPS, max_steps)
+    (visited, count, states_ok), recomputed = reverse(checkpoints, jnp.int32(num_steps))
     assert int(count) == num_steps
     assert list(np.asarray(visited)[:num_steps]) == list(range(num_steps - 1, -1, -1))
     assert bool(states_ok), "a step was reversed from the wrong state"
