@@ -70,6 +70,7 @@ def _loss(adjoint, controller, dt0, solver, y0, args, t0, t1, ts):
     return jnp.sum(W * sol.ys[:6]) + jnp.sum(jnp.sin(sol.ys[-1]))
 
 
+@functools.cache  # shared by the tests of one adjoint in a process
 def _grads(adjoint, backward=False, rtol=RTOL):
     if adjoint is None:  # the reference: Dopri8, 200 steps, differentiated exactly
         loss = functools.partial(_loss, ak.DirectAdjoint(), None, None, ak.Dopri8())
@@ -99,9 +100,13 @@ def _reference(backward):
     crossed(
         list(ADJOINTS),
         {"forward": False, "backward": True},
-        # Backward in time by default: backsolve, the one adjoint that re-solves
-        # the primal backward; the others on demand.
+        # Backward in time on demand: test_property's backsolve-constant and
+        # quadrature-adaptive draw it (half their examples) against DirectAdjoint
+        # by default. Interpolation with every step kept: its EveryKSteps(3)
+        # case rebuilds the same interpolation, and the Hermite one runs below.
         slow={
+            ("backsolve", "backward"),
+            ("interpolated-dense", "forward"),
             ("interpolated-dense", "backward"),
             ("interpolated-dense-every-3", "backward"),
             ("quadrature-dense", "backward"),
@@ -132,8 +137,14 @@ def test_hermite_interpolation_adds_its_own_error(name):
     "adjoint",
     [
         ak.BacksolveAdjoint(),
-        ak.InterpolatedAdjoint(ak.DenseInterpolation()),
-        ak.QuadratureAdjoint(ak.DenseInterpolation()),
+        # The other two meet the continuous gradient by default in
+        # test_matches_the_continuous_gradient_to_the_tolerance: on demand here.
+        pytest.param(
+            ak.InterpolatedAdjoint(ak.DenseInterpolation()), marks=pytest.mark.slow
+        ),
+        pytest.param(
+            ak.QuadratureAdjoint(ak.DenseInterpolation()), marks=pytest.mark.slow
+        ),
     ],
     ids=["backsolve", "interpolated", "quadrature"],
 )
@@ -193,17 +204,32 @@ def test_agrees_with_diffrax_backsolve():
         assert rel_err(g, e) < C * RTOL
 
 
+@functools.cache
+def _forward_at_ts():
+    """The forward solve of `_grads`' adjoints, saving at TS and t1 (jitted: one
+    compilation)."""
+    return jax.jit(
+        lambda y0, args: ak.solve(
+            tanh_field,
+            ak.Tsit5(),
+            0.0,
+            1.0,
+            y0,
+            args,
+            controller=ak.PIDController(rtol=RTOL, atol=RTOL),
+            saveat=ak.SaveAt(ts=TS, t1=True),
+        )  # fmt: skip
+    )(jnp.asarray(Y3), {"A": jnp.asarray(A3)})
+
+
 @pytest.mark.parametrize("name", ["backsolve", "quadrature-dense"])
 def test_time_cotangents_follow_the_adjoint_formulas(name):
     """dL/dt1 = <dL/dy(t1), f(t1, y(t1))>, dL/dt0 = -<a(t0), f(t0, y0)> with
     a(t0) = dL/dy0, and dL/dt_i = <dL/dy(t_i), f(t_i, y(t_i))>."""
     y0, args = jnp.asarray(Y3), {"A": jnp.asarray(A3)}
-    g_y0, _, g_t0, g_t1, g_ts = _grads(ADJOINTS[name])
-    sol = ak.solve(
-        tanh_field, ak.Tsit5(), 0.0, 1.0, y0, args,
-        controller=ak.PIDController(rtol=RTOL, atol=RTOL),
-        saveat=ak.SaveAt(ts=TS, t1=True),
-    )  # fmt: skip
+    # The gradients of test_matches_the_continuous_gradient_to_the_tolerance.
+    g_y0, _, g_t0, g_t1, g_ts = _grads(ADJOINTS[name], False)
+    sol = _forward_at_ts()
     y1 = sol.ys[-1]
     assert g_t1 == pytest.approx(
         float(jnp.dot(jnp.cos(y1), tanh_field(1.0, y1, args))), rel=1e-12
@@ -580,16 +606,20 @@ def test_backward_solve_has_a_budget_of_its_own():
     )  # fmt: skip
     n = int(sol.stats["num_steps"])
     with ak.collect_backward_stats() as stats:
-        grad = jax.grad(_lv_loss(ak.BacksolveAdjoint(), n))(LV_P)
+        grad = jax.block_until_ready(
+            jax.jit(jax.grad(_lv_loss(ak.BacksolveAdjoint(), n)))(LV_P)
+        )
     assert int(stats[0]["num_steps"]) > n  # it did need more than the forward's
     assert stats[0]["result"] == ak.RESULTS[ak.RESULTS.successful]
-    reference = jax.grad(_lv_loss(ak.DirectAdjoint(), n))(LV_P)
+    reference = jax.jit(jax.grad(_lv_loss(ak.DirectAdjoint(), n)))(LV_P)
     # Both approximate the continuous gradient to about the tolerance, 1e-3; the
     # loss has O(1) weights and the interval is five time units: C = 50 again.
     assert rel_err(grad, reference) < C * 1e-3
     # A budget too small for it is an error naming the backward solve ...
     with pytest.raises(Exception, match="backward \\(adjoint\\) solve failed"):
-        jax.grad(_lv_loss(ak.BacksolveAdjoint(max_steps=n), n))(LV_P)
+        jax.block_until_ready(
+            jax.jit(jax.grad(_lv_loss(ak.BacksolveAdjoint(max_steps=n), n)))(LV_P)
+        )
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
