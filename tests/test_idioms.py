@@ -61,13 +61,10 @@ def _solve(f, args, adjoint, stepping, y0=Y3, t0=0.0, t1=1.0, **kwargs):
     crossed(
         list(ADJOINTS),
         list(STEPPING),
-        # The property test covers closures for six more pairs; the online
-        # checkpoints under PID are binomial-adaptive's.
-        fast={
-            ("binomial", "adaptive"),
-            ("interpolated_k", "adaptive"),
-            ("backsolve", "constant"),
-        },
+        # The property test covers closures for six more pairs (quadrature-
+        # adaptive's among them: a continuous adjoint replaying adaptive steps);
+        # the online checkpoints under PID are binomial-adaptive's.
+        fast={("binomial", "adaptive"), ("backsolve", "constant")},
     ),
 )
 def test_closed_over_array_gets_the_gradient_it_gets_through_args(name, stepping):
@@ -159,6 +156,10 @@ def test_equinox_modules_as_args_and_as_closures(name, stepping):
         )
 
 
+# An Equinox model (with a function among its fields) as `args`: by default in
+# test_equinox_modules_as_args_and_as_closures and test_property (the binomial
+# default against DirectAdjoint under PID steps).
+@pytest.mark.slow
 def test_mlp_args_match_direct_adjoint():
     # An `eqx.nn.MLP` as `args`: the exact discrete adjoints agree with
     # differentiating the loop (the same discrete gradient, to rounding).
@@ -265,7 +266,7 @@ def test_zero_length_solve_derivatives_at_saved_times(name):
         )  # fmt: skip
         return jnp.sum(sol.ys[0]) + 2 * jnp.sum(sol.ys[1])
 
-    dt0, dts = jax.grad(loss, argnums=(0, 1))(0.5, jnp.array([0.5, 0.5]))
+    dt0, dts = jax.jit(jax.grad(loss, argnums=(0, 1)))(0.5, jnp.array([0.5, 0.5]))
     s = float(jnp.sum(tanh_field(0.5, y0, args)))
     np.testing.assert_allclose(dts, [s, 2 * s], rtol=1e-12)
     np.testing.assert_allclose(dt0, -3 * s, rtol=1e-12)
