@@ -53,7 +53,11 @@ CASES = {
 }
 # DirectAdjoint through a loop whose length is a value (traced t0, t1) takes
 # ~10-40 s to compile on a shared 2-core CPU: those cases run with `-m slow`.
+# So does tsit5-const: rk4-backward wraps an explicit RK solver in Reversible
+# with save times, and test_vmap_and_float32 compares Reversible(Tsit5()) with
+# DirectAdjoint, by default.
 _SLOW = {
+    "tsit5-const",
     "tsit5-adaptive",
     "tsit5-const-traced",
     "tsit5-adaptive-backward",
@@ -125,7 +129,7 @@ def test_checkpointed_adjoint_through_reversible_solver():
                            dt0=0.05, adjoint=adjoint)  # fmt: skip
             return jnp.sum(sol.ys**2)
 
-        return jax.grad(loss)(ARGS)
+        return jax.jit(jax.grad(loss))(ARGS)  # times stay Python numbers
 
     direct = grad(ak.DirectAdjoint())
     for schedule in [ak.BinomialCheckpoints(4)]:
@@ -297,6 +301,7 @@ def test_parameters_closed_over_in_an_equinox_model(adaptive):
     step_options = ADAPTIVE if adaptive else dict(dt0=0.05)
 
     def grad(adjoint):
+        @eqx.filter_jit
         @eqx.filter_grad
         def loss(model):
             sol = ak.solve(
