@@ -167,12 +167,12 @@ def test_gradients_equal_diffrax(direction):
     y0, args, w = jnp.asarray(Y3), default_args(), weights((4, 3), seed=0)
     g_y0, g_args, g_t0, g_t1, g_ts, g_w = diffrax_gradients(direction)
 
-    # Scan path: times are Python numbers and nothing is jitted, so the solve is a
-    # lax.scan of exactly 20 steps; t0 and t1 are constants there.
+    # Scan path: times are Python numbers (constants of the jitted function), so
+    # the solve is a lax.scan of exactly 20 steps; t0 and t1 are constants there.
     loss = functools.partial(ak_loss, t0=t0, t1=t1, dt0=dt0)
-    got = jax.grad(lambda y0, args, ts, w: loss(y0, args, ts=ts, w=w), (0, 1, 2, 3))(
-        y0, args, ts, w
-    )
+    got = jax.jit(
+        jax.grad(lambda y0, args, ts, w: loss(y0, args, ts=ts, w=w), (0, 1, 2, 3))
+    )(y0, args, ts, w)
     assert rel_err(got, (g_y0, g_args, g_ts, g_w)) < TOL_SAME_DERIVATIVE
 
     # Bounded path: t0 and t1 are traced, so every input gets a cotangent.
@@ -373,8 +373,8 @@ def test_jvp_equals_gradient_dot_tangent():
     def scan_loss(y0, args):
         return ak_loss(y0, args, t0, 1.0, ts, w, dt0=dt0)
 
-    _, tangent_out = jax.jvp(scan_loss, (y0, args), (v_y0, v_args))
-    scan_grad = ravel_pytree(jax.grad(scan_loss, (0, 1))(y0, args))[0]
+    _, tangent_out = jax.jit(lambda *v: jax.jvp(scan_loss, (y0, args), v))(v_y0, v_args)
+    scan_grad = ravel_pytree(jax.jit(jax.grad(scan_loss, (0, 1)))(y0, args))[0]
     expected = jnp.dot(scan_grad, ravel_pytree((v_y0, v_args))[0])
     assert abs(tangent_out - expected) < TOL_ROUNDING * jnp.linalg.norm(scan_grad)
 
@@ -572,7 +572,13 @@ def test_float32_gradients_approximate_float64():
     assert rel_err(g32, g64) < 1e-5
 
 
-@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize(
+    # Backward in time on demand: by default, test_checkpointed_adjoint compares
+    # DirectAdjoint's dense-output gradients backward in time with
+    # CheckpointedAdjoint's, and test_dense_output the values with Diffrax's.
+    "direction",
+    ["forward", pytest.param("backward", marks=pytest.mark.slow)],
+)
 def test_dense_output_gradients_equal_diffrax(direction):
     """Through `sol.evaluate(t)` (SaveAt(dense=True)): the gradient with respect
     to args and to the evaluation times t equals Diffrax's (Tsit5 dense output,
