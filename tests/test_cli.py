@@ -40,7 +40,20 @@ def test_version_and_help():
     assert main([]) == 0  # no command: prints help
 
 
-def test_compare_quick_writes_a_table_json_and_plots(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "adjoints",
+    [
+        # DirectAdjoint's rows carry the most checks (its backward counts under
+        # constant and adaptive steps); a second adjoint doubles the compiles
+        # (test_harness checks CheckpointedAdjoint's counts by default).
+        ["direct"],
+        pytest.param(["checkpointed", "direct"], marks=pytest.mark.slow),
+    ],
+    ids="-".join,
+)
+def test_compare_quick_writes_a_table_json_and_plots(
+    adjoints, tmp_path, monkeypatch, capsys
+):
     from adjointkit.cli import _compare
 
     # The figures are drawn from what goes into results.json: checked here, and
@@ -50,12 +63,12 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, monkeypatch, caps
         _compare, "_plot", lambda *args: plotted.append(args) or [tmp_path / "a.png"]
     )
     # Without --rtol: the constant steps, then the problem's default adaptive one.
-    argv = ["compare", "--quick", "--adjoints", "checkpointed", "direct"]
+    argv = ["compare", "--quick", "--adjoints", *adjoints]
     # One constant N and the adaptive row (a second N would double the compiles).
     code = main([*argv, "--steps", "10", "--out", str(tmp_path)])
     assert code == 0
     table = capsys.readouterr().out
-    assert "checkpointed" in table and "direct" in table and "grad rel err" in table
+    assert all(name in table for name in adjoints) and "grad rel err" in table
     rtol = _compare.DEFAULT_RTOL["neural_ode"]
     assert f"rtol {rtol:g}" in table and "steps taken" in table
     results = json.loads((tmp_path / "results.json").read_text())
@@ -72,8 +85,9 @@ def test_compare_quick_writes_a_table_json_and_plots(tmp_path, monkeypatch, caps
     assert meta["parameters"] == 8 * 32 + 32 + 32 * 32 + 32 + 32 * 8 + 8
     assert meta["dtype"] == "float32"
     assert meta["steps"] == [10] and meta["rtols"] == [rtol]
-    assert {r["adjoint"] for r in rows} == {"checkpointed", "direct"}
-    assert [r["setting"] for r in rows] == [*["10"] * 2, *[f"rtol {rtol:g}"] * 2]
+    assert {r["adjoint"] for r in rows} == set(adjoints)
+    n = len(adjoints)
+    assert [r["setting"] for r in rows] == [*["10"] * n, *[f"rtol {rtol:g}"] * n]
     for row in rows:
         assert row["value_and_grad_s"] > 0 and row["temp_bytes"] > 0
         # Against the float64 reference: only Tsit5's discretisation (or
@@ -635,6 +649,7 @@ def test_reversible_rows_run_the_solver_wrapped_in_reversible():
         )  # fmt: skip
         return problem.loss(sol.ys[-1])
 
-    g_ours, g_direct = jax.grad(ours)(problem.params), jax.grad(direct)(problem.params)
+    g_ours = jax.jit(jax.grad(ours))(problem.params)
+    g_direct = jax.jit(jax.grad(direct))(problem.params)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_direct), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
