@@ -1,6 +1,8 @@
 """The measuring harness behind `adjointkit compare` and `benchmarks/`: its counts of
 f-evaluations agree with what the solvers and adjoints report of themselves."""
 
+import functools
+
 import jax
 import pytest
 
@@ -16,7 +18,11 @@ PROBLEM = bench.neural_ode(state=4, width=8, batch=2)
 
 def _counts(adjoint, steps=N, rtol=None):
     """(forward evaluations from `sol.stats`, counted forward, counted backward)."""
+    return _counted(adjoint, steps, rtol)
 
+
+@functools.cache  # shared by the tests that count the same solve in a process
+def _counted(adjoint, steps, rtol):
     def make(problem):
         return lambda p: bench.adjointkit_loss(problem, adjoint, steps, rtol)(p)[0]
 
