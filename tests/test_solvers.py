@@ -230,8 +230,27 @@ DIRECTIONS = {
 ARGS3 = {"A": jnp.asarray(A3)}
 
 
-@pytest.mark.parametrize("direction", list(DIRECTIONS))
-@pytest.mark.parametrize("cls", list(DIFFRAX), ids=ids)
+# Every solver forward in time; backward in time, one with Diffrax's interpolant
+# (Tsit5) and one with cubic Hermite (Heun) by default, the others on demand: the
+# direction is handled by the loop, not by the tableau.
+_BACKWARD_BY_DEFAULT = {ak.Tsit5, ak.Heun}
+
+
+@pytest.mark.parametrize(
+    "cls, direction",
+    [
+        pytest.param(
+            cls,
+            direction,
+            id=f"{cls.__name__}-{direction}",
+            marks=pytest.mark.slow
+            if direction == "backward" and cls not in _BACKWARD_BY_DEFAULT
+            else (),
+        )  # fmt: skip
+        for cls in DIFFRAX
+        for direction in DIRECTIONS
+    ],
+)
 def test_matches_diffrax(cls, direction):
     """With the same constant steps, adjointkit and Diffrax compute the same
     solution at every step end and at t1, forward and backward in time; where the
