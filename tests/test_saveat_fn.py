@@ -102,10 +102,10 @@ def _check_inside_equals_outside(out):
     assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(g_in))
 
 
-# Interpolated and the other checkpoint schedules share their code paths with
-# quadrature and binomial (the continuous adjoints' raw-save path, the checkpointed
-# pullback): slow here, to keep the default suite's compile time down.
-SHARED_PATHS = {"allsteps", "everyk", "interpolated"}
+# Interpolated, quadrature and the other checkpoint schedules share their code
+# paths with backsolve and binomial (the continuous adjoints' raw-save path, the
+# checkpointed pullback): slow here, to keep the default suite's compile time down.
+SHARED_PATHS = {"allsteps", "everyk", "interpolated", "quadrature"}
 
 
 @pytest.mark.parametrize(
