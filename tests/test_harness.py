@@ -26,7 +26,8 @@ def _counted(adjoint, steps, rtol):
     def make(problem):
         return lambda p: bench.adjointkit_loss(problem, adjoint, steps, rtol)(p)[0]
 
-    stats = int(bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol)(PROBLEM.params)[1])
+    loss = jax.jit(bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol))
+    stats = int(loss(PROBLEM.params)[1])
     forward = bench.count_f_evals(make, PROBLEM, PROBLEM.params)
     total = bench.count_f_evals(lambda pr: jax.grad(make(pr)), PROBLEM, PROBLEM.params)
     return stats, forward, total - forward
@@ -75,8 +76,10 @@ def test_continuous_backward_evaluations_equal_the_backward_statistics(adjoint, 
     _, forward, backward = _counts(adjoint, steps, rtol)
     with ak.collect_backward_stats() as stats:
         jax.block_until_ready(
-            jax.grad(
-                lambda p: bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol)(p)[0]
+            jax.jit(
+                jax.grad(
+                    lambda p: bench.adjointkit_loss(PROBLEM, adjoint, steps, rtol)(p)[0]
+                )
             )(PROBLEM.params)
         )
     (only,) = stats
