@@ -226,6 +226,10 @@ def test_vmap_of_adaptive_solves_gives_per_example_gradients():
         assert rel_err(batched[1][i], single[1]) < TOL_SAME
 
 
+# float32 gradients run by default for DirectAdjoint (test_direct_adjoint),
+# ReversibleAdjoint (test_reversible) and InterpolatedAdjoint's replays of
+# recorded steps (test_continuous_adjoints): on demand here.
+@pytest.mark.slow
 def test_float32_gradients_approximate_float64():
     args64 = {"A": jnp.asarray(A3)}
     args32 = {"A": jnp.asarray(A3, jnp.float32)}
@@ -243,6 +247,10 @@ def test_float32_gradients_approximate_float64():
     assert rel_err(g32, g64) < 1e-5
 
 
+# Pytree states and modules run by default in test_property (the binomial default
+# and EveryKSteps(3) against DirectAdjoint, a dict state, an Equinox module of
+# parameters) and test_idioms (a module as f with AllSteps()): on demand here.
+@pytest.mark.slow
 def test_pytree_state_and_module_field():
     class Field(eqx.Module):
         w: jax.Array

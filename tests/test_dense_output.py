@@ -388,7 +388,16 @@ def dense_tsit5(t0, t1, dt0, saveat):
     )
 
 
-@pytest.mark.parametrize("direction", list(EVAL_CASES))
+# Backward in time, `evaluate` runs by default in
+# test_evaluate_matches_diffrax_dense_output (an array of times against Diffrax)
+# and test_solution_derivative: these two cases on demand.
+_BACKWARD_ON_DEMAND = [
+    "forward",
+    pytest.param("backward", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("direction", _BACKWARD_ON_DEMAND)
 def test_evaluate_is_vectorised_and_agrees_with_saveat_ts(direction):
     """`sol.evaluate` maps over an array of times of any shape (in any order), and
     gives the values SaveAt(ts=...) saves at the same times."""
@@ -411,7 +420,7 @@ def test_evaluate_is_vectorised_and_agrees_with_saveat_ts(direction):
     assert rel_err(sol.evaluate(ordered), saved) < 1e-14
 
 
-@pytest.mark.parametrize("direction", list(EVAL_CASES))
+@pytest.mark.parametrize("direction", _BACKWARD_ON_DEMAND)
 def test_evaluate_at_the_grid(direction):
     """At t0 `sol.evaluate` is y0 exactly; at each step end it is the step's value
     (the extension's weights at θ = 1 are b, up to Tsitouras' published digits)."""

@@ -473,6 +473,10 @@ def oscillator(t, y, args):
     return {"q": dq, "p": (dp, de)}
 
 
+# Pytree states and args through DirectAdjoint run by default in test_property
+# (a dict state, an Equinox module of parameters, checked by central differences)
+# and test_gradients_equal_diffrax (dict args against Diffrax): on demand here.
+@pytest.mark.slow
 def test_pytree_states_and_args_equal_diffrax():
     """Gradients with respect to a pytree state and pytree args (nested dicts and
     tuples, a scalar leaf) equal Diffrax's (Tsit5, 20 constant steps on [0, 1],

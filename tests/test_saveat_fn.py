@@ -130,7 +130,13 @@ def test_fn_inside_equals_fn_applied_outside_tsit5(name, steps):
     _check_inside_equals_outside(_losses(adjoint, STEPS[steps]))
 
 
-@pytest.mark.parametrize("name", ["direct", "binomial", "reversible"])
+@pytest.mark.parametrize(
+    # The custom pullbacks of saved steps by default; DirectAdjoint (plain
+    # reverse mode through the loop) on demand: test_fn_inside_equals_fn_applied_
+    # outside[direct] runs fn inside its loop by default.
+    "name",
+    [pytest.param("direct", marks=pytest.mark.slow), "binomial", "reversible"],
+)
 def test_fn_with_steps_saving(name):
     """SaveAt(steps=True, fn=...) (discrete adjoints only: the continuous ones
     refuse `steps`): the value at every accepted step is fn's, gradients equal."""
