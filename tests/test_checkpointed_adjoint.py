@@ -228,7 +228,9 @@ def test_vmap_of_adaptive_solves_gives_per_example_gradients():
 
 # float32 gradients run by default for DirectAdjoint (test_direct_adjoint),
 # ReversibleAdjoint (test_reversible) and InterpolatedAdjoint's replays of
-# recorded steps (test_continuous_adjoints): on demand here.
+# recorded steps (test_continuous_adjoints); CheckpointedAdjoint's in float32 in
+# test_train and test_examples (adjointkit train, examples/lotka_volterra_fit.py,
+# both float32 with this adjoint): this comparison with float64 on demand.
 @pytest.mark.slow
 def test_float32_gradients_approximate_float64():
     args64 = {"A": jnp.asarray(A3)}

@@ -234,10 +234,7 @@ def robertson_reference():
 @pytest.mark.parametrize(
     "adjoint",
     [
-        # The discrete adjoints through adaptive implicit steps by default:
-        # test_direct_and_checkpointed_agree_through_implicit_steps (Rodas5), and
-        # CheckpointedAdjoint through Kvaerno5 against Diffrax (constant steps).
-        pytest.param("checkpointed", marks=pytest.mark.slow),
+        "checkpointed",
         "quadrature",
         pytest.param("direct", marks=pytest.mark.slow),
         pytest.param("interpolated", marks=pytest.mark.slow),
