@@ -243,8 +243,13 @@ def robertson_reference():
 def test_robertson_gradient_every_adjoint(adjoint, robertson_reference):
     # Kvaerno5 at rtol = 1e-8 (atol 1e-10, below y2 ~ 1e-5) over [0, 40]. The
     # discrete adjoints differentiate the computed solution, whose error is a
-    # few rtol (measured 3e-8 relative): C = 100. The continuous ones add
-    # their own backward solve's error (measured up to 1.4e-6): C = 1000.
+    # few rtol (measured 3e-8 relative): C = 100. The continuous ones add the
+    # error of their backward solve, which reads y between the forward steps
+    # from a cubic Hermite interpolation whose error is not controlled (see
+    # the Prothero-Robinson test): measured, on each rate's own scale, 6.5e-6,
+    # 4.4e-7 and 1.0e-5 (the same for Interpolated and Quadrature: one backward
+    # solve; 9.9e-6 to 1.02e-5 for k3 with XLA's two CPU code generators), so
+    # C = 3000, a factor three above the largest.
     rtol = 1e-8
     ref_k, ref_y0 = robertson_reference
 
@@ -257,7 +262,7 @@ def test_robertson_gradient_every_adjoint(adjoint, robertson_reference):
         return jnp.dot(ROBERTSON_W, sol.ys[-1])
 
     g_k, g_y0 = jax.jit(jax.grad(loss, argnums=(0, 1)))(ROBERTSON_K, ROBERTSON_Y0)
-    c = 100 if adjoint in ("checkpointed", "direct") else 1000
+    c = 100 if adjoint in ("checkpointed", "direct") else 3000
     # Each rate's gradient on its own scale (they span 1e-9 to 1).
     np.testing.assert_allclose(g_k, ref_k, rtol=c * rtol)
     assert rel_err(g_y0, ref_y0) < c * rtol
