@@ -143,6 +143,17 @@ def test_compare_rejects_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def _measure_only_with(monkeypatch, measure):
+    """Run compare with `measure` as its measurement and nothing else: the
+    reference gradient is the parameters, no solve is tried first, no plot."""
+    from adjointkit.cli import _compare
+
+    monkeypatch.setattr(_compare, "_measure", measure)
+    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
+    monkeypatch.setattr(_compare, "_solve_failure", lambda *a: None)
+    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+
+
 def _no_work(*args, **kwargs):
     raise AssertionError("the command started its work before the check under test")
 
@@ -501,10 +512,7 @@ def test_compare_reports_a_failing_method_and_goes_on(tmp_path, monkeypatch, cap
             raise _runtime_error()
         return dict(_ROW), problem.params
 
-    monkeypatch.setattr(_compare, "_measure", measure)
-    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
-    monkeypatch.setattr(_compare, "_solve_failure", lambda *a: None)
-    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    _measure_only_with(monkeypatch, measure)
     argv = ["compare", "--problem", "robertson", "--out", str(tmp_path)]
     argv += ["--adjoints", "backsolve", "checkpointed"]
     from adjointkit._compat import enable_x64
@@ -529,7 +537,6 @@ def test_stiff_neural_ode_leaves_out_backsolve_unless_named(
 ):
     # Both libraries' Backsolve did not finish within 20 minutes there: the
     # default run leaves them out and says so; named, they run.
-    from adjointkit.cli import _compare
 
     seen = []
 
@@ -537,10 +544,7 @@ def test_stiff_neural_ode_leaves_out_backsolve_unless_named(
         seen.append((library, type(adjoint).__name__))
         return dict(_ROW), problem.params
 
-    monkeypatch.setattr(_compare, "_measure", measure)
-    monkeypatch.setattr(_compare, "_reference_grad", lambda p: p.params)
-    monkeypatch.setattr(_compare, "_solve_failure", lambda *a: None)
-    monkeypatch.setattr(_compare, "_plot", lambda *args: [])
+    _measure_only_with(monkeypatch, measure)
     argv = ["compare", "--problem", "stiff_neural_ode", "--out", str(tmp_path)]
     assert main(argv) == 0
     assert ("adjointkit", "BacksolveAdjoint") not in seen
