@@ -355,7 +355,11 @@ def _mlp_temp_bytes(adjoint, num_steps=100, saveat=None):
     return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis()
 
 
-@pytest.mark.parametrize("saveat", ["t1", "ts"])
+@pytest.mark.parametrize(
+    # With SaveAt(ts), the same gradient is checked by default (tsit5-ts-args).
+    "saveat",
+    ["t1", pytest.param("ts", marks=pytest.mark.slow)],
+)
 def test_recomputed_stages_hold_one_evaluation_at_a_time(saveat):
     """`recompute_stages=True` keeps the hidden activations of one evaluation of f
     instead of a base step's six (Tsit5 without its FSAL stage), whether or not
@@ -383,7 +387,13 @@ STAGE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(STAGE_CASES))
+@pytest.mark.parametrize(
+    # A base method without FSAL, backward in time, traced times: on demand.
+    # By default the times' gradient is checked in the closed-over model's test
+    # (t1), and the stage loop runs both base steps of every step in each test.
+    "case",
+    ["tsit5-ts-args", pytest.param("rk4-backward-traced", marks=pytest.mark.slow)],
+)
 def test_recomputed_stages_give_the_same_gradient(case):
     """Pulling a step back stage by stage is the same chain rule in another order:
     equal to the whole-step pullback up to rounding (float64)."""
