@@ -96,7 +96,9 @@ def _solve_fwd(perturbed, problem: Problem, recompute_stages: bool):
 
 
 @_solve.def_bwd
-def _solve_bwd(residuals, grad_obj, perturbed, problem: Problem, recompute_stages):
+def _solve_bwd(
+    residuals, grad_obj, perturbed, problem: Problem, recompute_stages: bool
+):
     del perturbed
     y_end, state_end, times_kept, num_accepted, records = residuals
     ct_summary, ct_plain = grad_obj

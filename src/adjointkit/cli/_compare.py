@@ -132,7 +132,7 @@ SKIPPED = {
         # Backsolve's backward solve is implicit in (y, a, a_theta): 1680
         # components with the MLP's 1616 parameters, a dense Jacobian and LU of
         # that size per step, following y backward through decay rates up to 1e4.
-        # Neither library's finished within 20 minutes on a 2-core CPU
+        # Neither library's Backsolve finished within 20 minutes on a 2-core CPU
         # (2026-12-03). InterpolatedAdjoint and QuadratureAdjoint keep a_theta out
         # of the implicit solve.
         name: "its implicit backward solve carries the parameters' cotangents, "
@@ -450,7 +450,7 @@ def run(args) -> int:
     if adaptive_only:
         # The stiff problems' implicit solvers have no reversible form.
         available.pop("reversible")
-    skipped = {n: why for n, why in SKIPPED.get(args.problem, {}).items()}
+    skipped = SKIPPED.get(args.problem, {})
     names = args.adjoints or [n for n in available if n not in skipped]
     unknown = [n for n in names if n not in available]
     if unknown:
