@@ -4,11 +4,29 @@ import abc
 from typing import TYPE_CHECKING
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, PyTree, Real
 
 
 if TYPE_CHECKING:  # for the annotations only
     from ..solvers import AbstractSolver
+
+
+def step_fraction(
+    t0: Real[Array, ""], t1: Real[Array, ""], t: Real[Array, ""]
+) -> Real[Array, ""]:
+    """Where `t` lies in the step `[t0, t1]`, as `(t - t0) / (t1 - t0)`; 0 on a
+    step of zero length. Neither branch divides by zero, so no NaN from the
+    unselected one reaches a gradient through `where`."""
+    h = t1 - t0
+    return jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+
+
+def step_rate(t0: Real[Array, ""], t1: Real[Array, ""]) -> Real[Array, ""]:
+    """`1 / (t1 - t0)`, the derivative of `step_fraction` in `t`; 0 on a step of
+    zero length, again without dividing by zero in either branch."""
+    h = t1 - t0
+    return jnp.where(h == 0, 0.0, 1 / jnp.where(h == 0, 1.0, h))
 
 
 class AbstractInterpolation(eqx.Module):

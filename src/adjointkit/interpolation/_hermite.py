@@ -1,9 +1,8 @@
 """Cubic Hermite interpolation between grid points."""
 
-import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._base import AbstractInterpolation
+from ._base import AbstractInterpolation, step_fraction, step_rate
 
 
 class HermiteInterpolation(AbstractInterpolation):
@@ -32,7 +31,7 @@ class HermiteInterpolation(AbstractInterpolation):
     def evaluate(self, solver, t0, t1, left, right, step, t):
         del solver, step
         h = t1 - t0
-        s = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        s = step_fraction(t0, t1, t)
         h00 = 1 - s * s * (3 - 2 * s)
         h01 = s * s * (3 - 2 * s)
         h10 = s * (1 - s) ** 2
@@ -49,10 +48,8 @@ class HermiteInterpolation(AbstractInterpolation):
         # d/dt of `evaluate`'s basis, s = (t - t0) / h: the value basis is divided
         # by h, the slope basis (already multiplied by h) is not.
         del solver, step
-        h = t1 - t0
-        safe_h = jnp.where(h == 0, 1.0, h)
-        s = jnp.where(h == 0, 0.0, (t - t0) / safe_h)
-        inv_h = jnp.where(h == 0, 0.0, 1 / safe_h)
+        s = step_fraction(t0, t1, t)
+        inv_h = step_rate(t0, t1)
         d00 = 6 * s * (s - 1) * inv_h
         d01 = -d00
         d10 = (1 - s) * (1 - 3 * s)

@@ -1,9 +1,8 @@
 """Linear interpolation between grid points."""
 
-import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ._base import AbstractInterpolation
+from ._base import AbstractInterpolation, step_fraction, step_rate
 
 
 class LinearInterpolation(AbstractInterpolation):
@@ -28,14 +27,12 @@ class LinearInterpolation(AbstractInterpolation):
 
     def evaluate(self, solver, t0, t1, left, right, step, t):
         del solver, step
-        h = t1 - t0
-        theta = jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))
+        theta = step_fraction(t0, t1, t)
         return jtu.tree_map(
             lambda a, b: a + theta.astype(a.dtype) * (b - a), left, right
         )
 
     def derivative(self, solver, t0, t1, left, right, step, t):
         del solver, step, t
-        h = t1 - t0
-        inv_h = jnp.where(h == 0, 0.0, 1 / jnp.where(h == 0, 1.0, h))
+        inv_h = step_rate(t0, t1)
         return jtu.tree_map(lambda a, b: inv_h.astype(a.dtype) * (b - a), left, right)

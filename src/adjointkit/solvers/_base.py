@@ -170,13 +170,3 @@ class AbstractAuxiliaryState(eqx.Module):
 
     An implementation provides the fields of the state; nothing else.
     """
-
-
-def step_fraction(
-    t0: Real[Array, ""], t1: Real[Array, ""], t: Real[Array, ""]
-) -> Real[Array, ""]:
-    """Where `t` lies in the step `[t0, t1]`, as `(t - t0) / (t1 - t0)`; 0 on a
-    step of zero length. Neither branch divides by zero, so no NaN from the
-    unselected one reaches a gradient through `where`."""
-    h = t1 - t0
-    return jnp.where(h == 0, 0.0, (t - t0) / jnp.where(h == 0, 1.0, h))

@@ -23,7 +23,8 @@ from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
 from .._tree import tree_lincomb, tree_stack
-from ._base import AbstractAuxiliaryState, AbstractSolver, SolverStep, step_fraction
+from ..interpolation._base import step_fraction
+from ._base import AbstractAuxiliaryState, AbstractSolver, SolverStep
 from ._runge_kutta import AbstractExplicitRungeKutta
 
 

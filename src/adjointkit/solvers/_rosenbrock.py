@@ -12,7 +12,8 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree, Real
 
 from .._solution import RESULTS
-from ._base import AbstractSolver, SolverStep, step_fraction
+from ..interpolation._base import step_fraction
+from ._base import AbstractSolver, SolverStep
 from ._newton import flat_field
 
 

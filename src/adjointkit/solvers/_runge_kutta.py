@@ -9,7 +9,8 @@ import numpy as np
 from jaxtyping import Array, PyTree, Real
 
 from .._tree import tree_lincomb, tree_stack
-from ._base import AbstractSolver, SolverStep, explicit_step, step_fraction
+from ..interpolation._base import step_fraction
+from ._base import AbstractSolver, SolverStep, explicit_step
 from ._tableau import ButcherTableau
 
 
