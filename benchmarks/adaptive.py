@@ -145,20 +145,8 @@ def run_problem(name: str, args) -> list[dict]:
             f"forward f-evals {row['forward_f_evals']}",
             flush=True,
         )
-    by_name = {r["method"]: r for r in rows}
-    for label, ours, theirs in PAIRS:
-        if ours not in by_name or theirs not in by_name:
-            continue
-        mine, ref = by_name[ours], by_name[theirs]
-        memory = (
-            f"{mine['temp_mib'] / ref['temp_mib']:.2f}x" if ref["temp_mib"] else "-"
-        )
-        print(
-            f"{name:15s} {label:26s} time {mine['ms'] / ref['ms']:.2f}x  "
-            f"memory {memory}  compile "
-            f"{mine['compile_s'] / ref['compile_s']:.2f}x  ({ours} vs {theirs})",
-            flush=True,
-        )
+    for line in bench.ratio_lines(name, rows, PAIRS):
+        print(line, flush=True)
     return rows
 
 

@@ -257,20 +257,8 @@ def run_problem(name: str, args) -> list[dict]:
             + ("" if error is None else f"  grad err {error:.1e}"),
             flush=True,
         )
-    by_name = {r["method"]: r for r in rows if "failed" not in r}
-    for label, ours, theirs in PAIRS:
-        if ours not in by_name or theirs not in by_name:
-            continue
-        mine, ref = by_name[ours], by_name[theirs]
-        memory = (
-            f"{mine['temp_mib'] / ref['temp_mib']:.2f}x" if ref["temp_mib"] else "-"
-        )
-        print(
-            f"{name:16s} {label:26s} time {mine['ms'] / ref['ms']:.3f}x  "
-            f"memory {memory}  compile "
-            f"{mine['compile_s'] / ref['compile_s']:.2f}x  ({ours} vs {theirs})",
-            flush=True,
-        )
+    for line in bench.ratio_lines(name, rows, PAIRS, time_digits=3, width=16):
+        print(line, flush=True)
     return rows
 
 

@@ -152,3 +152,19 @@ def test_diffrax_runner_reports_the_evaluations_it_makes(rtol):
 
     reported = bench.diffrax_loss(PROBLEM, adjoint, steps, rtol)(PROBLEM.params)[1]
     assert bench.count_f_evals(make, PROBLEM, PROBLEM.params) == int(reported)
+
+
+def test_ratio_lines_pair_the_methods_that_both_ran():
+    # benchmarks/adaptive.py and benchmarks/stiff.py print these: ours over
+    # theirs, and nothing for a pair with a failed or missing method.
+    rows = [
+        dict(method="ours", ms=2.0, temp_mib=1.0, compile_s=3.0),
+        dict(method="theirs", ms=4.0, temp_mib=0.5, compile_s=6.0),
+        dict(method="broken", failed="did not converge"),
+    ]
+    pairs = [("default", "ours", "theirs"), ("x", "ours", "broken"), ("y", "a", "b")]
+    (line,) = bench.ratio_lines("robertson", rows, pairs, time_digits=3)
+    assert line.split() == [
+        "robertson", "default", "time", "0.500x", "memory", "2.00x",
+        "compile", "0.50x", "(ours", "vs", "theirs)",
+    ]  # fmt: skip

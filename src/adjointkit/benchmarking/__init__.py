@@ -19,6 +19,7 @@ from ._reference import sensitivity_grad as sensitivity_grad, tight_grad as tigh
 from ._report import (
     problem_size as problem_size,
     processor_name as processor_name,
+    ratio_lines as ratio_lines,
     run_metadata as run_metadata,
     write_results as write_results,
 )

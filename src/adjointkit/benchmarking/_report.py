@@ -84,6 +84,30 @@ def run_metadata(**settings) -> dict:
     )
 
 
+def ratio_lines(
+    name: str, rows: list, pairs, *, time_digits: int = 2, width: int = 15
+) -> list[str]:
+    """One line per `(label, ours, theirs)` in `pairs` whose two methods both have
+    a row: the time, memory and compile-time ratios of `ours` over `theirs`
+    (rows are dicts with `method`, `ms`, `temp_mib`, `compile_s`). The ratios of
+    benchmarks/adaptive.py and benchmarks/stiff.py."""
+    by_name = {r["method"]: r for r in rows if "failed" not in r}
+    lines = []
+    for label, ours, theirs in pairs:
+        if ours not in by_name or theirs not in by_name:
+            continue
+        mine, ref = by_name[ours], by_name[theirs]
+        memory = (
+            f"{mine['temp_mib'] / ref['temp_mib']:.2f}x" if ref["temp_mib"] else "-"
+        )
+        lines.append(
+            f"{name:{width}s} {label:26s} time "
+            f"{mine['ms'] / ref['ms']:.{time_digits}f}x  memory {memory}  compile "
+            f"{mine['compile_s'] / ref['compile_s']:.2f}x  ({ours} vs {theirs})"
+        )
+    return lines
+
+
 def write_results(out: pathlib.Path, filename: str, meta: dict, rows: list) -> None:
     """Write `{"meta": meta, "rows": rows}` as indented JSON to `out/filename`,
     creating `out` if needed."""
