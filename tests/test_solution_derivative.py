@@ -53,6 +53,16 @@ SOLVERS = {
 }
 
 
+# Times inside the steps of the solves below, none within 1e-5 of a step's end.
+INSIDE = jnp.array([0.03, 0.27, 0.55, 0.71, 0.96])
+
+
+def _central_differences(sol, ts, h=1e-5):
+    """`(y(t + h) - y(t - h)) / 2h` at each of `ts`, from the `evaluate` of a
+    solution or a trajectory."""
+    return (sol.evaluate(ts + h) - sol.evaluate(ts - h)) / (2 * h)
+
+
 @pytest.mark.parametrize("name", list(SOLVERS))
 @pytest.mark.parametrize("direction", [1, -1])
 def test_derivative_matches_central_differences(name, direction):
@@ -61,9 +71,8 @@ def test_derivative_matches_central_differences(name, direction):
     t0, t1 = (0.0, 1.0) if direction == 1 else (1.0, 0.0)
     sol = _dense(t0, t1, 0.1 * direction, SOLVERS[name])
     # Inside steps, away from the grid points (multiples of 0.1).
-    ts = jnp.array([0.03, 0.27, 0.55, 0.71, 0.96])
-    h = 1e-5
-    fd = (sol.evaluate(ts + h) - sol.evaluate(ts - h)) / (2 * h)
+    ts = INSIDE
+    fd = _central_differences(sol, ts)
     # Central differences: error h^2 |y'''| / 6 ~ 1e-11, plus rounding
     # eps |y| / h ~ 2e-11; 1e-8 is a wide margin on both.
     assert rel_err(sol.derivative(ts), fd) < 1e-8
@@ -141,8 +150,7 @@ def test_interpolation_derivative_matches_finite_differences(interp):
     dy = lambda t: jnp.array([3 * jnp.cos(3 * t), -jnp.exp(-t)])  # noqa: E731
     traj = _trajectory(interpolation, None, y, dy, jnp.linspace(0.0, 1.0, 6))
     ts = jnp.array([0.05, 0.33, 0.51, 0.93])
-    h = 1e-6
-    fd = (traj.evaluate(ts + h) - traj.evaluate(ts - h)) / (2 * h)
+    fd = _central_differences(traj, ts, h=1e-6)
     # The interpolants are polynomials of degree <= 3 within a step: central
     # differences err by h^2 |p'''| / 6 (< 1e-10) plus rounding eps / h ~ 1e-10.
     assert rel_err(traj.derivative(ts), fd) < 1e-8
@@ -181,9 +189,8 @@ def test_derivative_under_adaptive_steps_with_a_closed_over_module():
         jnp.asarray(Y3), controller=ak.PIDController(rtol=1e-6, atol=1e-8),
         saveat=ak.SaveAt(dense=True),
     )  # fmt: skip
-    ts = jnp.array([0.03, 0.27, 0.55, 0.71, 0.96])
-    h = 1e-5
-    fd = (sol.evaluate(ts + h) - sol.evaluate(ts - h)) / (2 * h)
+    ts = INSIDE
+    fd = _central_differences(sol, ts)
     # As with constant steps: central differences inside a step are within
     # ~1e-11 (truncation and rounding); none of these points lies within h of a
     # step end for this solve's steps, so 1e-8 is a wide margin.
