@@ -59,7 +59,6 @@ class Trajectory(eqx.Module):
         ends = self.times[1:]
         j = _count_below(ends, t)
         j = jnp.clip(j, 0, jnp.maximum(self.count - 1, 0))
-        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
         # With no steps (t0 == t1), read a step of unit length from the start.
         # Neither branch may divide by a zero or infinite step length, even
         # unselected: its NaN would reach the gradient through `where`.
@@ -69,9 +68,9 @@ class Trajectory(eqx.Module):
             self.solver,
             jnp.where(empty, t_start, self.times[j]),
             jnp.where(empty, t_start + 1, self.times[j + 1]),
-            take(self.points, j),
-            take(self.points, j + 1),
-            take(self.steps, j),
+            _take(self.points, j),
+            _take(self.points, j + 1),
+            _take(self.steps, j),
             jnp.where(empty, t_start, t),
         )
         return value, empty
@@ -85,17 +84,21 @@ class Trajectory(eqx.Module):
         # of a step.
         y, empty = self._on_step(self.interpolation.evaluate, t)
         t_start = self.times[0]
-        take = lambda tree, i: jtu.tree_map(lambda x: x[i], tree)  # noqa: E731
         y0 = self.interpolation.evaluate(
             self.solver,
             t_start,
             t_start + 1,
-            take(self.points, 0),
-            take(self.points, 0),
-            take(self.steps, 0),
+            _take(self.points, 0),
+            _take(self.points, 0),
+            _take(self.steps, 0),
             t_start,
         )
         return jtu.tree_map(lambda a, b: jnp.where(empty, b, a), y, y0)
+
+
+def _take(tree: PyTree, i) -> PyTree:
+    """Entry `i` of every leaf's leading axis."""
+    return jtu.tree_map(lambda x: x[i], tree)
 
 
 def _count_below(
