@@ -539,12 +539,7 @@ class Reversible(AbstractReversibleSolver):
             ct_fy0 = ct_f0
         # y1 = λ (y0 - z0) + Φ(t0, t1, z0)
         ct_z0 = _add(_axpy(-lam, ct_y1, ct_z1), ct_z0_fwd)
-        ct_p = jtu.tree_map(
-            lambda a, b: None if a is None else a + b,
-            ct_p_back,
-            ct_p_fwd,
-            is_leaf=lambda x: x is None,
-        )
+        ct_p = _add_none(ct_p_back, ct_p_fwd)
         if want_dense:
             if not recompute_stages:
                 fz0 = f(t0, z0, args)  # as forward_half computes it: XLA shares them
