@@ -216,22 +216,39 @@ class AbstractImplicitRungeKutta(AbstractSolver):
         n = y0_flat.shape[0]
         lu = factorise(jnp.eye(n, dtype=dtype) - lax.stop_gradient(hgamma) * jac)
 
-        ok = jnp.array(True)
-        evals = jnp.asarray(0, jnp.int32)
-        jac_evals = jnp.asarray(1, jnp.int32)
-        for i in range(1, tab.num_stages):
-            base = _lincomb(y0_flat, h, tab.a[i][:i], ks)
-            ti = t0 + tab.c[i] * (t1 - t0)
-            guess = lax.stop_gradient(ks[-1])
+        # The implicit stages in a loop: reverse mode's transpose of it then
+        # accumulates the parameters' cotangent in its carry, where unrolled
+        # stages kept one buffer per stage alive until their sum. Entries
+        # j >= i of the padded rows of `a` are zero (the diagonal is in `hγ`).
+        s = tab.num_stages
+        a = jnp.asarray(
+            [list(row[:i]) + [0.0] * (s - i) for i, row in enumerate(tab.a)], dtype
+        )
+        c = jnp.asarray(tab.c, dtype)
+
+        def stage(i, carry):
+            ks, lu, ok, evals, jac_evals = carry
+            base = y0_flat + h * (a[i] @ ks)
+            ti = t0 + (c[i] * (t1 - t0)).astype(jnp.result_type(t0))
+            guess = lax.stop_gradient(ks[i - 1])
             k, converged, iterations, refreshes, lu = solve_stage(
                 (f, args, ti, base, hgamma), guess, lu, settings, unravel
             )
             # A Jacobian refreshed by one stage serves the later ones.
             lu = lax.stop_gradient(lu)
-            ks.append(k)
-            ok = ok & converged
-            evals = evals + iterations
-            jac_evals = jac_evals + refreshes
+            return (
+                ks.at[i].set(k),
+                lu,
+                ok & converged,
+                evals + iterations,
+                jac_evals + refreshes,
+            )
+
+        stages = jnp.zeros((s, n), dtype).at[0].set(ks[0])
+        zero = jnp.asarray(0, jnp.int32)
+        init = (stages, lu, jnp.array(True), zero, zero + 1)
+        stages, _, ok, evals, jac_evals = lax.fori_loop(1, s, stage, init)
+        ks = list(stages)
         y1_flat = _lincomb(y0_flat, h, tab.b, ks)
         if tab.stiffly_accurate:
             f1 = ks[-1]
