@@ -22,6 +22,7 @@ from ._newton import (
     jacobian,
     solve_stage,
 )
+from ._stage_rows import stage_rows
 from ._tableau import hermite_dense_matrix
 
 
@@ -214,28 +215,26 @@ class AbstractImplicitRungeKutta(AbstractSolver):
         frozen_field = flat_field(*_stop_gradient((f, args)), unravel)
         jac = jacobian(frozen_field, *point)
         n = y0_flat.shape[0]
-        lu = factorise(jnp.eye(n, dtype=dtype) - lax.stop_gradient(hgamma) * jac)
+        step_lu = factorise(jnp.eye(n, dtype=dtype) - lax.stop_gradient(hgamma) * jac)
 
         # The implicit stages in a loop: reverse mode's transpose of it then
         # accumulates the parameters' cotangent in its carry, where unrolled
-        # stages kept one buffer per stage alive until their sum. Entries
-        # j >= i of the padded rows of `a` are zero (the diagonal is in `hγ`).
+        # stages kept one buffer per stage alive until their sum. Stage i reads
+        # the explicit part of its row, `a[i][:i]` (the diagonal is in `hγ`).
         s = tab.num_stages
-        a = jnp.asarray(
-            [list(row[:i]) + [0.0] * (s - i) for i, row in enumerate(tab.a)], dtype
-        )
-        c = jnp.asarray(tab.c, dtype)
+        explicit_rows = tuple(row[:i] for i, row in enumerate(tab.a))
 
         def stage(i, carry):
             ks, lu, ok, evals, jac_evals = carry
-            base = y0_flat + h * (a[i] @ ks)
-            ti = t0 + (c[i] * (t1 - t0)).astype(jnp.result_type(t0))
+            c_i, a_part = stage_rows(i, ks, tab.c, explicit_rows)
+            base = y0_flat + h * a_part
+            ti = t0 + (c_i * (t1 - t0)).astype(jnp.result_type(t0))
             guess = lax.stop_gradient(ks[i - 1])
+            # A Jacobian refreshed by one stage serves the later ones' iterations;
+            # every stage's pullback is preconditioned by the step's own.
             k, converged, iterations, refreshes, lu = solve_stage(
-                (f, args, ti, base, hgamma), guess, lu, settings, unravel
+                (f, args, ti, base, hgamma), guess, lu, settings, unravel, step_lu
             )
-            # A Jacobian refreshed by one stage serves the later ones.
-            lu = lax.stop_gradient(lu)
             return (
                 ks.at[i].set(k),
                 lu,
@@ -246,7 +245,7 @@ class AbstractImplicitRungeKutta(AbstractSolver):
 
         stages = jnp.zeros((s, n), dtype).at[0].set(ks[0])
         zero = jnp.asarray(0, jnp.int32)
-        init = (stages, lu, jnp.array(True), zero, zero + 1)
+        init = (stages, step_lu, jnp.array(True), zero, zero + 1)
         stages, _, ok, evals, jac_evals = lax.fori_loop(1, s, stage, init)
         ks = list(stages)
         y1_flat = _lincomb(y0_flat, h, tab.b, ks)

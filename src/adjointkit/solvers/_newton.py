@@ -108,8 +108,7 @@ def _stop_gradient(tree):
     return eqx.combine(lax.stop_gradient(dynamic), static)
 
 
-@eqx.filter_custom_vjp
-def solve_stage(diff, guess, lu, settings: NewtonSettings, unravel):
+def solve_stage(diff, guess, lu, settings: NewtonSettings, unravel, pullback_lu=None):
     """Solve one implicit stage `k = f(t, base + hγ k, args)` by chord
     iterations.
 
@@ -121,13 +120,35 @@ def solve_stage(diff, guess, lu, settings: NewtonSettings, unravel):
     - `lu`: `factorise(I - hγ J)` for some recent Jacobian `J`.
     - `settings`: tolerances and iteration limits.
     - `unravel`: maps a flat vector back to the state's pytree.
+    - `pullback_lu`: the factorisation that preconditions the stage's pullback
+      (default: the one the iteration finished with). A step passes its own,
+      the same for every stage, so that reverse mode keeps it once per step
+      rather than once per stage.
 
     **Returns:** `(k, converged, iterations, refreshes, lu)`: the stage, whether
     the iteration converged, how many evaluations of `f` it made, how many times
     it re-evaluated the Jacobian (when the given one made it diverge or crawl),
-    and the factorisation it finished with (for the next stage).
+    and the factorisation it finished with (for the next stage). Derivatives of
+    `k` are those of the root (`implicit_root`), never of the iterations.
     """
-    return _newton(diff, guess, lu, settings, unravel)
+    k, converged, iterations, refreshes, lu = _newton(
+        _stop_gradient(diff), lax.stop_gradient(guess), lu, settings, unravel
+    )
+    lu = lax.stop_gradient(lu)
+    pullback_lu = lu if pullback_lu is None else lax.stop_gradient(pullback_lu)
+    k = implicit_root(diff, lax.stop_gradient(k), pullback_lu, unravel)
+    return k, converged, iterations, refreshes, lu
+
+
+@eqx.filter_custom_vjp
+def implicit_root(diff, k, lu, unravel):
+    """`k`, a computed root of `k = F(k) = f(t, base + hγ k, args)` with
+    `diff = (f, args, t, base, hgamma)`, given the derivatives of that root with
+    respect to `diff` (the implicit-function theorem, see the module's
+    docstring). `lu` factorises an approximation of `I - hγ J`; it only
+    preconditions the transposed solve."""
+    del diff, lu, unravel
+    return k
 
 
 def _chord(diff, k0, lu, settings: NewtonSettings, unravel):
@@ -193,20 +214,15 @@ def _newton(diff, guess, lu, settings: NewtonSettings, unravel):
     return k, done, sweeps, refreshes, lu
 
 
-@solve_stage.def_fwd
-def _solve_stage_fwd(perturbed, diff, guess, lu, settings, unravel):
-    del perturbed
-    out = _newton(diff, guess, lu, settings, unravel)
-    return out, (out[0], out[4])
+@implicit_root.def_fwd
+def _implicit_root_fwd(perturbed, diff, k, lu, unravel):
+    del perturbed, diff, lu, unravel
+    return k, None
 
 
-@solve_stage.def_bwd
-def _solve_stage_bwd(
-    residuals, grad_obj, perturbed, diff, guess, lu, settings, unravel
-):
-    del perturbed, guess, settings, lu
-    k, lu = residuals
-    k_bar = grad_obj[0]
+@implicit_root.def_bwd
+def _implicit_root_bwd(residuals, k_bar, perturbed, diff, k, lu, unravel):
+    del residuals, perturbed
     zeros = jax.tree_util.tree_map(
         jnp.zeros_like, eqx.filter(diff, eqx.is_inexact_array)
     )

@@ -15,6 +15,7 @@ from .._solution import RESULTS
 from ..interpolation._base import step_fraction
 from ._base import AbstractSolver, SolverStep
 from ._newton import factorise, flat_field, jacobian, lu_solve
+from ._stage_rows import stage_rows
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -158,21 +159,18 @@ def _stage_tangents(tab: RosenbrockTableau, unravel, diff, ks, lu, ddiff):
     _, df0 = eqx.filter_jvp(first_part, (diff,), (ddiff,))
     first = dcoupling[0] if df0 is None else df0 + dcoupling[0]
     dks = jnp.zeros_like(ks).at[0].set(lu_solve(lu, first))
+
     # The later stages in a loop, whose transpose accumulates the parameters'
     # cotangent in its carry: unrolled, each stage's was a buffer of its own, all
     # alive until summed (measured on the stiff Neural ODE: 312 -> 247 KiB).
-    # Entries j >= i of the padded rows are zero, so stage i sees only k_{<i}
-    # and their tangents.
-    a = jnp.asarray(_lower_triangle(tab.a), dtype)
-    C = jnp.asarray(_lower_triangle(tab.C), dtype)
-    c = jnp.asarray(tab.c, dtype)
-
+    # Stage i reads only k_{<i} and their tangents (the rest are still zero).
     def explicit_part(diff, stages, i):
         # hγ f_i + γ Σ_{j<i} C_ij k_j, as a function of the inputs and k_{<i}.
         field, t0, t1, y0, _, h = _unpack(diff, unravel)
-        ti = t0 + (c[i] * (t1 - t0)).astype(jnp.result_type(t0))
-        fi = field(ti, y0 + a[i] @ stages)
-        return (h * tab.gamma) * fi + tab.gamma * (C[i] @ stages)
+        c_i, a_part, C_part = stage_rows(i, stages, tab.c, tab.a, tab.C)
+        ti = t0 + (c_i * (t1 - t0)).astype(jnp.result_type(t0))
+        fi = field(ti, y0 + a_part)
+        return (h * tab.gamma) * fi + tab.gamma * C_part
 
     def stage(i, dks):
         _, dpart = eqx.filter_jvp(
@@ -181,13 +179,6 @@ def _stage_tangents(tab: RosenbrockTableau, unravel, diff, ks, lu, ddiff):
         return dks.at[i].set(lu_solve(lu, dpart + dcoupling[i]))
 
     return lax.fori_loop(1, tab.num_stages, stage, dks)
-
-
-def _lower_triangle(rows) -> list[list[float]]:
-    """Strictly lower-triangular rows (row `i` with `i` entries) as a square
-    matrix."""
-    s = len(rows)
-    return [list(r) + [0.0] * (s - len(r)) for r in rows]
 
 
 @_stages.def_jvp
