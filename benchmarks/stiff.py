@@ -133,6 +133,9 @@ PAIRS = [
     ("Rodas5, default adjoint", "ak R5 CheckpointedAdjoint()", DFX_DEFAULT),
     ("AllSteps", "ak K5 AllSteps()", DFX_DEFAULT),
     ("Direct", "ak K5 DirectAdjoint()", "dfx K5 DirectAdjoint()"),
+    # The discrete adjoints also against Diffrax's default, the usual baseline.
+    ("Direct vs default", "ak K5 DirectAdjoint()", DFX_DEFAULT),
+    ("Rodas5 Direct vs default", "ak R5 DirectAdjoint()", DFX_DEFAULT),
     ("Backsolve", "ak K5 BacksolveAdjoint()", "dfx K5 BacksolveAdjoint()"),
     ("Interpolated", "ak K5 InterpolatedAdjoint()", DFX_DEFAULT),
     ("Quadrature", "ak K5 QuadratureAdjoint()", DFX_DEFAULT),
