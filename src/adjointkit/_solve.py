@@ -23,7 +23,7 @@ from ._problem import Problem
 from ._progress import AbstractProgressMeter
 from ._saveat import SaveAt
 from ._solution import RESULTS, Solution
-from .adjoints import AbstractAdjoint, CheckpointedAdjoint
+from .adjoints import AbstractAdjoint, CheckpointedAdjoint, DirectAdjoint
 from .controllers import AbstractController, ConstantStepSize
 from .controllers._constant import num_constant_steps
 from .solvers import AbstractSolver
@@ -321,6 +321,16 @@ def solve(
     except TypeError as error:
         if "forward-mode" not in str(error):
             raise
+        if isinstance(adjoint, DirectAdjoint):
+            # DirectAdjoint differentiates the loop itself: the custom VJP that
+            # refused is the solver's (an ESDIRK method's implicit stages).
+            raise TypeError(
+                f"jax.jvp and jax.jacfwd (forward-mode differentiation) cannot go "
+                f"through {type(solver).__name__}'s steps: its implicit stages are "
+                "differentiated by a custom VJP, in reverse mode only. Use "
+                "`ak.Rodas5()`, whose stages have a forward-mode rule, for forward "
+                "mode through a stiff solve."
+            ) from error
         raise TypeError(
             f"jax.jvp and jax.jacfwd (forward-mode differentiation) cannot go "
             f"through {type(adjoint).__name__}: its custom VJP gives reverse mode "
