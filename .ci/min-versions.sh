@@ -16,7 +16,8 @@ py="$scratch/venv/bin/python"
 echo "min-versions: $("$py" -m pip list --format=freeze \
     | grep -iE '^(jax|jaxlib|equinox|jaxtyping|lineax|optax|numpy|diffrax)==' | tr '\n' ' ')"
 # The subset (about a minute on two cores; no Diffrax, whose comparisons are the
-# slow part of the suite): validation, solving and its gradients, two continuous
+# slow part of the suite): validation, solving and its gradients (implicit steps'
+# custom derivative rules among them), two continuous
 # adjoints' backward passes, closed-over parameters and Equinox modules as
 # args (closure conversion), progress meters, training with optax (its float64
 # data needs the enable_x64 shim), the README's and the training guide's code.
@@ -30,6 +31,11 @@ harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_ba
     tests/test_solve.py \
     "tests/test_implicit.py::test_stiff_linear_system_meets_tolerance_in_few_steps" \
     tests/test_implicit.py::test_failed_newton_step_is_rejected_and_retried_shorter \
+    "tests/test_implicit.py::test_direct_and_checkpointed_agree_through_implicit_steps[rodas5]" \
+    tests/test_implicit.py::test_rosenbrock_step_rule_equals_differentiating_its_computation \
+    tests/test_implicit.py::test_forward_mode_through_rosenbrock_steps \
+    tests/test_implicit.py::test_forward_mode_through_esdirk_steps_names_the_solver \
+    tests/test_implicit.py::test_esdirk_pullbacks_share_the_steps_factorisation \
     "$harness[adaptive-backsolve]" \
     "tests/test_idioms.py::test_closed_over_array_gets_the_gradient_it_gets_through_args[binomial-adaptive]" \
     "tests/test_idioms.py::test_equinox_modules_as_args_and_as_closures[direct-adaptive]" \

@@ -172,13 +172,18 @@ def _stage_tangents(tab: RosenbrockTableau, unravel, diff, ks, lu, ddiff):
         fi = field(ti, y0 + a_part)
         return (h * tab.gamma) * fi + tab.gamma * C_part
 
-    def stage(i, dks):
+    # The tangents (`ddiff`, `dcoupling`) ride in the carry rather than being
+    # closed over: JAX 0.4.30 (the oldest supported) fails to transpose a loop
+    # that closes over a tangent.
+    def stage(i, carry):
+        dks, ddiff, dcoupling = carry
         _, dpart = eqx.filter_jvp(
             lambda d, k: explicit_part(d, k, i), (diff, ks), (ddiff, dks)
         )
-        return dks.at[i].set(lu_solve(lu, dpart + dcoupling[i]))
+        return dks.at[i].set(lu_solve(lu, dpart + dcoupling[i])), ddiff, dcoupling
 
-    return lax.fori_loop(1, tab.num_stages, stage, dks)
+    carry = (dks, ddiff, dcoupling)
+    return lax.fori_loop(1, tab.num_stages, stage, carry)[0]
 
 
 @_stages.def_jvp
