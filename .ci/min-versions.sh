@@ -15,7 +15,7 @@ py="$scratch/venv/bin/python"
 "$py" -m pip install --quiet --disable-pip-version-check --no-deps -e .
 echo "min-versions: $("$py" -m pip list --format=freeze \
     | grep -iE '^(jax|jaxlib|equinox|jaxtyping|lineax|optax|numpy|diffrax)==' | tr '\n' ' ')"
-# The subset (about a minute on two cores; no Diffrax, whose comparisons are the
+# The subset (two to three minutes on two cores; no Diffrax, whose comparisons are the
 # slow part of the suite): validation, solving and its gradients (implicit steps'
 # custom derivative rules among them), two continuous
 # adjoints' backward passes, closed-over parameters and Equinox modules as
