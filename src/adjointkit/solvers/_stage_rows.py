@@ -4,14 +4,7 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Int, Real
 
-
-def _combination(row, stages):
-    """`Σ_j row[j] stages[j]` with Python weights, zero weights skipped."""
-    out = None
-    for w, k in zip(row, stages, strict=False):
-        if w != 0:
-            out = w * k if out is None else out + w * k
-    return jnp.zeros_like(stages[0]) if out is None else out
+from .._tree import tree_lincomb
 
 
 def stage_rows(
@@ -31,7 +24,7 @@ def stage_rows(
     def branch(r):
         def values(stages):
             ks = list(stages)
-            combos = tuple(_combination(table[r], ks) for table in tables)
+            combos = tuple(tree_lincomb(None, 1.0, table[r], ks) for table in tables)
             return (jnp.asarray(c[r], stages.dtype), *combos)
 
         return values
