@@ -205,13 +205,13 @@ class AbstractImplicitRungeKutta(AbstractSolver):
         field = flat_field(f, args, unravel)
         h = (t1 - t0).astype(dtype)
         hgamma = h * tab.gamma
-        ks = [ravel_pytree(state)[0].astype(dtype)]
+        f0 = ravel_pytree(state)[0].astype(dtype)
         # The Newton matrix, with the Jacobian where the first implicit stage's
         # iteration starts (an Euler step to its node): at y0 itself a stiff
         # term that is switched off (Robertson's y2 = 0) would be invisible.
         # Not differentiated: it only steers the iterations.
         c1 = tab.c[1]
-        point = lax.stop_gradient((t0 + c1 * (t1 - t0), y0_flat + (c1 * h) * ks[0]))
+        point = lax.stop_gradient((t0 + c1 * (t1 - t0), y0_flat + (c1 * h) * f0))
         frozen_field = flat_field(*_stop_gradient((f, args)), unravel)
         jac = jacobian(frozen_field, *point)
         n = y0_flat.shape[0]
@@ -243,7 +243,7 @@ class AbstractImplicitRungeKutta(AbstractSolver):
                 jac_evals + refreshes,
             )
 
-        stages = jnp.zeros((s, n), dtype).at[0].set(ks[0])
+        stages = jnp.zeros((s, n), dtype).at[0].set(f0)
         zero = jnp.asarray(0, jnp.int32)
         init = (stages, step_lu, jnp.array(True), zero, zero + 1)
         stages, _, ok, evals, jac_evals = lax.fori_loop(1, s, stage, init)
