@@ -25,6 +25,7 @@ pair each adjointkit method with its Diffrax counterpart.
     python benchmarks/stiff.py
     python benchmarks/stiff.py --problems robertson --out results/
     python benchmarks/stiff.py --only Checkpointed Recursive
+    python benchmarks/stiff.py --closure   # parameters closed over by f
 """
 
 import argparse
@@ -154,16 +155,21 @@ def _reason(error: Exception) -> str:
     return line if found else f"{type(error).__name__}: {line}"
 
 
-def _functions(problem, library, solver, adjoint, rtol, max_steps):
+def _functions(problem, library, solver, adjoint, rtol, max_steps, closure):
     """`(measured, steps)`: the jitted function measured (the loss for a forward
-    row, its value and grad otherwise) and `params -> (accepted, rejected)`."""
+    row, its value and grad otherwise) and `params -> (accepted, rejected)`.
+    `closure`: `f` closes over the parameters instead of taking them as args."""
     if library == "adjointkit":
         used = adjoint or ak.CheckpointedAdjoint()
-        loss = bench.adjointkit_loss(problem, used, max_steps, rtol, solver=solver)
+        loss = bench.adjointkit_loss(
+            problem, used, max_steps, rtol, solver=solver, closure=closure
+        )
         solve = bench.adjointkit_solve
     else:
         used = adjoint or diffrax.RecursiveCheckpointAdjoint()
-        loss = bench.diffrax_loss(problem, used, max_steps, rtol, solver=solver)
+        loss = bench.diffrax_loss(
+            problem, used, max_steps, rtol, solver=solver, closure=closure
+        )
         solve = bench.diffrax_solve
 
     def steps(params):
@@ -224,7 +230,9 @@ def run_problem(name: str, args) -> list[dict]:
         row = dict(problem=name, method=method, library=library, solver=solver)
         row.update(rtol=rtol, atol=rtol * problem.atol_scale)
         rows.append(row)
-        fn, steps = _functions(problem, library, solver, adjoint, rtol, args.max_steps)
+        fn, steps = _functions(
+            problem, library, solver, adjoint, rtol, args.max_steps, args.closure
+        )
         start = time.perf_counter()
         try:
             compiled = fn.lower(params).compile()
@@ -288,6 +296,12 @@ def main():
         action="store_true",
         help="also the methods a problem skips by default (too slow to finish)",
     )
+    parser.add_argument(
+        "--closure",
+        action="store_true",
+        help="f closes over the parameters (as an Equinox model's weights) "
+        "instead of taking them as args",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     jax.config.update("jax_enable_x64", True)
@@ -300,6 +314,7 @@ def main():
         benchmark="stiff",
         max_steps=args.max_steps,
         settings=str(SETTINGS),
+        closure=args.closure,
         equinox=__import__("equinox").__version__,
         optimistix=__import__("optimistix").__version__,
         lineax=__import__("lineax").__version__,
