@@ -290,7 +290,8 @@ def solve(
     # Arrays and tracers that `f` closes over become leaves of the pytree `f`, so
     # that every adjoint's custom VJP sees them and gives them cotangents, exactly
     # as if they had been passed through `args`.
-    f = eqx.filter_closure_convert(f, times.t0, y0, args)
+    # The closed-over values are own values too (see `_own_values`).
+    f = _own_values(eqx.filter_closure_convert(f, times.t0, y0, args))
     save_fn = None
     if saveat.fn is not None:
         save_fn = _loop_time_save_fn(saveat.fn, times, y0, args)
@@ -368,7 +369,7 @@ def _loop_time_save_fn(fn, times, y0, args):
         t = s if isinstance(d, int) and d == 1 else d * s
         return fn(t, y, args)
 
-    return eqx.filter_closure_convert(save_fn, times.s0, y0)
+    return _own_values(eqx.filter_closure_convert(save_fn, times.s0, y0))
 
 
 def _check_instance(name: str, value, cls: type, what: str):
@@ -401,7 +402,11 @@ def _own_values(tree: PyTree) -> PyTree:
     Under `jax.jit` a scalar constant (`jnp.array(1.0)`, or a Python number under
     `jax.grad`) is traced as a literal, and a custom VJP loses literals between its
     forward and backward passes (their cotangents are dropped, or the value comes
-    back as `None`). A copy of a scalar is an ordinary traced value, and free.
+    back as `None`). Eagerly, `jax.grad` of a Python number gives a tracer whose
+    value is a Python scalar, not an array: a custom VJP sees that value as a
+    non-array leaf and gives it no cotangent (the gradient of a Python float
+    closed over by `f` came out 0.0). A copy of a scalar is an ordinary traced
+    array in both cases, and free.
     """
 
     def own(x):
