@@ -34,7 +34,9 @@ harness=tests/test_harness.py::test_continuous_backward_evaluations_equal_the_ba
     "tests/test_implicit.py::test_direct_and_checkpointed_agree_through_implicit_steps[rodas5]" \
     tests/test_implicit.py::test_rosenbrock_step_rule_equals_differentiating_its_computation \
     tests/test_implicit.py::test_forward_mode_through_rosenbrock_steps \
-    tests/test_implicit.py::test_forward_mode_through_esdirk_steps_names_the_solver \
+    tests/test_implicit.py::test_forward_mode_through_esdirk_steps_equals_reverse_mode \
+    "tests/test_reliability.py::test_second_derivatives_through_esdirk_stages[kvaerno5]" \
+    "tests/test_reliability.py::test_eager_grad_of_a_closed_over_python_float[binomial-constant]" \
     tests/test_implicit.py::test_esdirk_pullbacks_share_the_steps_factorisation \
     "$harness[adaptive-backsolve]" \
     "tests/test_idioms.py::test_closed_over_array_gets_the_gradient_it_gets_through_args[binomial-adaptive]" \

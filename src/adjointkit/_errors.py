@@ -1,5 +1,7 @@
 """Input validation: bad input gets a clear error naming what is wrong."""
 
+import contextlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -102,3 +104,38 @@ def runtime_check(x, pred, msg: str):
             raise ValueError(msg)
         return x
     return eqx.error_if(x, pred, msg)
+
+
+def is_forward_mode_refusal(error: Exception) -> bool:
+    """Whether `error` is JAX refusing forward-mode differentiation of a custom
+    VJP (an adjoint's, or an implicit stage's primal function)."""
+    return isinstance(error, TypeError) and "forward-mode" in str(error)
+
+
+def forward_over_reverse_error(solver) -> TypeError:
+    """The error for `jax.hessian` (forward mode over reverse mode) through the
+    implicit stages of an ESDIRK `solver`; see `solvers._newton.implicit_root`."""
+    name = type(solver).__name__
+    return TypeError(
+        f"jax.hessian, which is jax.jacfwd(jax.jacrev(...)) (forward mode over "
+        f"reverse mode), cannot go through {name}'s implicit stages: inside the "
+        "solver's loops JAX computes their reverse-mode values by a custom VJP, "
+        "which forward mode cannot differentiate. With "
+        "`adjoint=ak.DirectAdjoint()`, `jax.jacfwd(jax.jacfwd(...))` and "
+        "`jax.jacrev(jax.jacrev(...))` give the exact second derivatives; or use "
+        "`ak.Rodas5()`, through which jax.hessian works."
+    )
+
+
+@contextlib.contextmanager
+def explaining_forward_over_reverse(solver, implicit_stages: bool):
+    """Around an adjoint's backward pass: forward mode over it (`jax.hessian`)
+    goes through every step's VJP, and an ESDIRK step's implicit stages refuse
+    it (`implicit_stages`: whether `solver` is an ESDIRK method); that refusal
+    becomes an error that says what to use instead."""
+    try:
+        yield
+    except TypeError as error:
+        if implicit_stages and is_forward_mode_refusal(error):
+            raise forward_over_reverse_error(solver) from error
+        raise

@@ -17,6 +17,8 @@ from ._errors import (
     check_state,
     check_vector_field,
     concrete_value,
+    forward_over_reverse_error,
+    is_forward_mode_refusal,
     runtime_check,
 )
 from ._problem import Problem
@@ -231,8 +233,14 @@ def solve(
       of steps).
     - `max_steps`: the most steps to attempt; the solve fails beyond it.
     - `throw`: on failure (`max_steps` exhausted, NaN/inf state, step size too
-      small) raise an error; if `False`, return the partial solution and say why in
-      `Solution.result`.
+      small, a Newton iteration that failed on a constant step) raise an error,
+      whichever part of the solution is used (also under `jax.jit` of a
+      `jax.grad` that returns only the gradient, or `sol.result` as auxiliary
+      output); if `False`, return the partial solution and say why in
+      `Solution.result`. The solve stops where it failed: as in Diffrax, the
+      times and values it would have saved after that point are `inf`, and
+      `SaveAt(t1=True)` saves the point reached (its time and state). (A state
+      gone NaN with constant steps is stepped on to `t1`: its values are NaN.)
     - `progress_meter`: `None` (the default: no progress is reported, and the solve
       compiles exactly as without the argument), `TextProgressMeter()` (prints the
       percentage of `[t0, t1]` covered) or `RichProgressMeter()` (a progress bar,
@@ -320,18 +328,13 @@ def solve(
     try:
         sol = adjoint.solve(problem)
     except TypeError as error:
-        if "forward-mode" not in str(error):
+        if not is_forward_mode_refusal(error):
             raise
         if isinstance(adjoint, DirectAdjoint):
-            # DirectAdjoint differentiates the loop itself: the custom VJP that
-            # refused is the solver's (an ESDIRK method's implicit stages).
-            raise TypeError(
-                f"jax.jvp and jax.jacfwd (forward-mode differentiation) cannot go "
-                f"through {type(solver).__name__}'s steps: its implicit stages are "
-                "differentiated by a custom VJP, in reverse mode only. Use "
-                "`ak.Rodas5()`, whose stages have a forward-mode rule, for forward "
-                "mode through a stiff solve."
-            ) from error
+            # DirectAdjoint differentiates the loop itself, which forward mode
+            # goes through: what refused is forward mode over reverse mode
+            # through an ESDIRK method's implicit stages (see `implicit_root`).
+            raise forward_over_reverse_error(solver) from error
         raise TypeError(
             f"jax.jvp and jax.jacfwd (forward-mode differentiation) cannot go "
             f"through {type(adjoint).__name__}: its custom VJP gives reverse mode "
@@ -339,23 +342,52 @@ def solve(
             "Use `adjoint=ak.DirectAdjoint()` for forward mode."
         ) from error
     if throw:
-        # The outcome is an integer, never differentiated; a custom VJP may still
-        # hand it back wrapped for differentiation, which error_if cannot take.
-        result = jax.lax.stop_gradient(sol.result)
-        outputs = result.error_if(
-            (sol.ts, sol.ys, sol.dense), result != RESULTS.successful
-        )
-        sol = Solution(
-            t0=sol.t0,
-            t1=sol.t1,
-            ts=outputs[0],
-            ys=outputs[1],
-            stats=sol.stats,
-            result=sol.result,
-            dense=outputs[2],
-            direction=sol.direction,
-        )
+        sol = _raise_if_failed(_undifferentiated_integers(sol))
     return sol
+
+
+def _undifferentiated_integers(tree: PyTree) -> PyTree:
+    """`tree` with its integer leaves (the outcome, the counters) stop-gradiented:
+    they are never differentiated, but a custom VJP may hand them back wrapped for
+    differentiation, which `error_if` cannot take."""
+
+    def plain(x):
+        if eqx.is_array(x) and not jnp.issubdtype(x.dtype, jnp.inexact):
+            return jax.lax.stop_gradient(x)
+        return x
+
+    return jtu.tree_map(plain, tree)
+
+
+@eqx.filter_custom_jvp
+def _raise_if_failed(sol: Solution) -> Solution:
+    """`sol`, or an error naming `sol.result` if the solve failed (`throw=True`).
+
+    The check is threaded through every array of the solution (as Diffrax does),
+    so that it runs whatever part of it a program uses: a jitted function that
+    returns only `sol.result` or `sol.stats` (say as the auxiliary output of
+    `jax.grad`) still raises. Under differentiation the derivative also passes
+    through it (its tangent is multiplied by a `1` that the check returns), so a
+    gradient raises too when nothing else of the forward values is used, as
+    under `jax.jit(jax.grad(loss))` for a loss linear in `ys`: XLA would
+    otherwise drop the unused check and return the gradient of a failed solve.
+    """
+    result = sol.result
+    return result.error_if(sol, result != RESULTS.successful)
+
+
+@_raise_if_failed.def_jvp
+def _raise_if_failed_jvp(primals, tangents):
+    (sol,), (t_sol,) = primals, tangents
+    result = sol.result
+    sol, one = result.error_if(
+        (sol, jnp.ones((), jnp.int32)), result != RESULTS.successful
+    )
+
+    def gate(t):
+        return None if t is None else t * one.astype(t.dtype)
+
+    return sol, jtu.tree_map(gate, t_sol, is_leaf=lambda x: x is None)
 
 
 def _loop_time_save_fn(fn, times, y0, args):

@@ -4,6 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
+from .._errors import explaining_forward_over_reverse
 from .._integrate import init_records, make_stepper, run
 from .._problem import Problem
 from .._recording import inexact
@@ -11,6 +12,7 @@ from .._solution import Solution
 from ..checkpointing import AbstractCheckpointSchedule, BinomialCheckpoints
 from ..checkpointing._reverse import reverse_steps
 from ..checkpointing._store import CheckpointRecorder
+from ..solvers._dirk import AbstractImplicitRungeKutta
 from ._base import AbstractAdjoint
 from ._outputs import (
     output_recorders,
@@ -48,13 +50,22 @@ def _solve_fwd(perturbed, problem: Problem, schedule: AbstractCheckpointSchedule
     summary, final_state, records = run(problem, recorders, differentiable=False)
     checkpoints = records.pop("_checkpoints")
     decisions = records.pop("_decisions", None)
-    residuals = (final_state, checkpoints, decisions, summary.num_steps, records)
+    # The loop's iterations, all of which the backward pass reverses (on a grid,
+    # those after a failed step too, which changed nothing).
+    num_steps = stepper.attempts(final_state)
+    residuals = (final_state, checkpoints, decisions, num_steps, records)
     return (summary, plain_records(records)), residuals
 
 
 @_solve.def_bwd
 def _solve_bwd(residuals, grad_obj, perturbed, problem, schedule):
     del perturbed
+    implicit = isinstance(problem.solver, AbstractImplicitRungeKutta)
+    with explaining_forward_over_reverse(problem.solver, implicit):
+        return _pull_back(residuals, grad_obj, problem, schedule)
+
+
+def _pull_back(residuals, grad_obj, problem, schedule):
     final_state, checkpoints, decisions, num_steps, records = residuals
     ct_summary, ct_plain = grad_obj
     # Replays, and each step's pullback, retrace the forward pass's decisions.

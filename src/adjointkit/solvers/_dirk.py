@@ -133,11 +133,14 @@ class AbstractImplicitRungeKutta(AbstractSolver):
       not converge within `max_iterations` re-evaluates the Jacobian at its
       current iterate and starts again; after that the step fails.
 
-    The state carried between steps is `f(t, y)`. Gradients through a step never
-    differentiate the iterations: each stage's pullback is one transposed solve
-    at the computed root (the implicit-function theorem), so `DirectAdjoint` and
-    `CheckpointedAdjoint` give the exact gradient of the computed solution.
-    Forward mode (`jax.jvp`) through an implicit step is not supported.
+    The state carried between steps is `f(t, y)`. Derivatives through a step
+    never differentiate the iterations: each stage's tangent is one linear solve
+    at the computed root (the implicit-function theorem), and its pullback the
+    transposed solve, so `DirectAdjoint` and `CheckpointedAdjoint` give the exact
+    gradient of the computed solution, and forward mode (`jax.jvp`) works with
+    `DirectAdjoint`. Second derivatives: `jax.jacfwd(jax.jacfwd(...))` and
+    `jax.jacrev(jax.jacrev(...))` are exact; `jax.hessian` raises an error (see
+    `solvers._newton.implicit_root`).
     """
 
     tableau: eqx.AbstractClassVar[ImplicitTableau]

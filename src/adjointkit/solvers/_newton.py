@@ -1,5 +1,5 @@
 """Implicit stages: chord iterations with one LU factorisation per step, and their
-exact pullback by the implicit-function theorem.
+exact derivatives by the implicit-function theorem.
 
 A diagonally implicit stage solves `k = F(k) = f(t, base + hγ k, args)` for the
 stage derivative `k`. The Newton matrix `M = I - hγ J` uses the Jacobian `J` of
@@ -9,15 +9,16 @@ stage derivative `k`. The Newton matrix `M = I - hγ J` uses the Jacobian `J` of
 Ordinary Differential Equations II*, 2nd ed., Springer 1996, section IV.8, whose
 stopping test is used here).
 
-Reverse mode never differentiates the iterations. At the root, `k = F(k, p)` for
-inputs `p`, so the pullback of a cotangent `k̄` is `p̄ = (∂F/∂p)^T λ` with
-`(I - ∂F/∂k)^T λ = k̄` and `∂F/∂k = hγ J(Y)` at the stage value `Y`. That
-transposed system is solved by iterative refinement preconditioned with the
-forward pass's factorisation (one VJP of `f` per sweep); it contracts at the rate
-the forward iteration did, since the two iteration matrices are transposes of
-each other. If it has not converged after a few sweeps the exact matrix at `Y` is
-formed and factorised instead, so the result is always the implicit-function
-derivative at the computed root.
+Differentiation never goes through the iterations. At the root, `k = F(k, p)` for
+inputs `p`, so the tangent along `ṗ` solves `(I - ∂F/∂k) k̇ = (∂F/∂p) ṗ` with
+`∂F/∂k = hγ J(Y)` at the stage value `Y` (`implicit_root`'s JVP rule, a
+`lax.custom_linear_solve`); reverse mode transposes it into `(I - ∂F/∂k)^T λ = k̄`,
+`p̄ = (∂F/∂p)^T λ`. Either system is solved by iterative refinement
+preconditioned with the forward pass's factorisation (one product with `f`'s
+derivative per sweep); it contracts at the rate the forward iteration did, since
+the iteration matrices are the same (or transposes). If it has not converged
+after a few sweeps the exact matrix at `Y` is formed and factorised instead, so
+the result is always the implicit-function derivative at the computed root.
 """
 
 from collections.abc import Callable
@@ -136,17 +137,56 @@ def solve_stage(diff, guess, lu, settings: NewtonSettings, unravel, pullback_lu=
     )
     lu = lax.stop_gradient(lu)
     pullback_lu = lu if pullback_lu is None else lax.stop_gradient(pullback_lu)
-    k = implicit_root(diff, lax.stop_gradient(k), pullback_lu, unravel)
+    k = implicit_root(diff, lax.stop_gradient(k), pullback_lu, unravel=unravel)
     return k, converged, iterations, refreshes, lu
 
 
-@eqx.filter_custom_vjp
-def implicit_root(diff, k, lu, unravel):
+@eqx.filter_custom_jvp
+def implicit_root(diff, k, lu, *, unravel):
     """`k`, a computed root of `k = F(k) = f(t, base + hγ k, args)` with
     `diff = (f, args, t, base, hgamma)`, given the derivatives of that root with
     respect to `diff` (the implicit-function theorem, see the module's
     docstring). `lu` factorises an approximation of `I - hγ J`; it only
-    preconditions the transposed solve."""
+    preconditions the linear solves of the derivatives.
+
+    Forward mode uses the JVP rule below, and reverse mode its transpose; so do
+    second derivatives by `jax.jacfwd(jax.jacfwd(...))` and, inside a loop,
+    `jax.jacrev(jax.jacrev(...))`. Its primal function is `_root_by_vjp`, see
+    there for why."""
+    return _root_by_vjp(diff, k, lu, unravel=unravel)
+
+
+@implicit_root.def_jvp
+def _implicit_root_jvp(primals, tangents, *, unravel):
+    diff, k, lu = primals
+    ddiff, _, _ = tangents
+    # The root through this function again: under a second differentiation its
+    # own tangent is the implicit-function one too, where the `k` passed in
+    # carries none (the iterations are not differentiated).
+    k = implicit_root(diff, k, lu, unravel=unravel)
+    # Checkpointed: reverse mode keeps this rule's inputs, not f's intermediate
+    # values at the stage, and re-evaluates them when it transposes.
+    dk = eqx.filter_checkpoint(
+        lambda diff, k, lu, ddiff: _root_tangent(diff, k, lu, ddiff, unravel=unravel)
+    )(diff, k, lu, ddiff)
+    return k, dk
+
+
+@eqx.filter_custom_vjp
+def _root_by_vjp(diff, k, lu, *, unravel):
+    """`implicit_root`'s primal function: `k`, with the implicit-function pullback
+    as a custom VJP.
+
+    When JAX linearises a `lax.scan` (an ESDIRK step's stage loop, a solve's step
+    loop) it computes the primal values that the tangent part reads — here the
+    root, which the rule's linear solve needs — by a custom JVP's primal
+    *function*, not its rule. A second reverse-mode pass
+    (`jax.jacrev(jax.jacrev(...))`) then differentiates this function, and
+    finds the pullback it needs here; were it `k` passed through, the root
+    would have no derivative there. Forward mode over that linearisation
+    (`jax.hessian`, which is `jax.jacfwd(jax.jacrev(...))`) cannot go through a
+    custom VJP, and JAX says so instead of returning a Hessian without the
+    root's second-order terms (which is what it returned before)."""
     del diff, lu, unravel
     return k
 
@@ -214,47 +254,98 @@ def _newton(diff, guess, lu, settings: NewtonSettings, unravel):
     return k, done, sweeps, refreshes, lu
 
 
-@implicit_root.def_fwd
-def _implicit_root_fwd(perturbed, diff, k, lu, unravel):
+def _sweeps_or_exact(apply, precondition, matrix, b):
+    """`x` with `apply(x) = b` for the linear map `apply`: iterative refinement
+    preconditioned by `precondition` (an approximate inverse), and if that has not
+    converged to rounding after `_REFINEMENT_SWEEPS` sweeps, the exact solve with
+    `matrix()` (the map as a dense matrix, formed only then)."""
+    eps = jnp.finfo(b.dtype).eps
+
+    def cond(carry):
+        _, m, done = carry
+        return ~done & (m < _REFINEMENT_SWEEPS)
+
+    def body(carry):
+        x, m, _ = carry
+        ax = apply(x)
+        r = b - ax
+        # `apply(x) = x - d`: the rounding error of forming it is relative to
+        # the sizes of b, x and d.
+        size = jnp.max(jnp.abs(b)) + jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(x - ax))
+        done = jnp.max(jnp.abs(r)) <= 4 * eps * size
+        x = jnp.where(done, x, x + precondition(r))
+        return x, m + 1, done
+
+    x, _, done = lax.while_loop(
+        cond, body, (precondition(b), jnp.asarray(0, jnp.int32), jnp.array(False))
+    )
+
+    def exact(_):
+        return lx.linear_solve(lx.MatrixLinearOperator(matrix()), b, lx.LU()).value
+
+    return lax.cond(done, lambda _: x, exact, None)
+
+
+def _stage_operator(diff, k, lu, unravel):
+    """The linearised stage equation at the root, `A = I - ∂F/∂k` with
+    `∂F/∂k = hγ J(Y)` at the stage value `Y`: `(matvec, solve,
+    transpose_solve)` for `lax.custom_linear_solve`. Both solves are
+    `_sweeps_or_exact` preconditioned by the step's factorisation (or its
+    transpose): they contract at the rate the forward chord iteration did, whose
+    iteration matrix is the same."""
+
+    def dF(x):
+        return jax.jvp(lambda kk: _residual(diff, kk, unravel), (k,), (x,))[1]
+
+    def matvec(x):
+        return x - dF(x)
+
+    def matrix():
+        return jnp.eye(k.shape[0], dtype=k.dtype) - jacobian_by_columns(dF, k)
+
+    def solve(matvec, b):
+        return _sweeps_or_exact(matvec, lambda r: lu_solve(lu, r), matrix, b)
+
+    def transpose_solve(vecmat, b):
+        return _sweeps_or_exact(
+            vecmat, lambda r: lu_solve(lu, r, transpose=True), lambda: matrix().T, b
+        )
+
+    return matvec, solve, transpose_solve
+
+
+def _root_tangent(diff, k, lu, ddiff, *, unravel):
+    """The tangent of the root `k` along `ddiff`: `A k̇ = (∂F/∂diff) ḋiff` at the
+    computed root, as a `lax.custom_linear_solve`, so that reverse mode
+    transposes it into `A^T λ = k̄`, `diff̄ = (∂F/∂diff)^T λ`."""
+    _, rhs = eqx.filter_jvp(lambda d: _residual(d, k, unravel), (diff,), (ddiff,))
+    if rhs is None:
+        return jnp.zeros_like(k)
+    matvec, solve, transpose_solve = _stage_operator(diff, k, lu, unravel)
+    return lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
+
+
+def _root_tangent_transpose(diff, k, lu, k_bar, *, unravel):
+    """`λ` with `A^T λ = k̄` (the pullback of the root is `(∂F/∂diff)^T λ`)."""
+    matvec, _, transpose_solve = _stage_operator(diff, k, lu, unravel)
+    vecmat = jax.linear_transpose(matvec, k)
+    return transpose_solve(lambda x: vecmat(x)[0], k_bar)
+
+
+@_root_by_vjp.def_fwd
+def _root_by_vjp_fwd(perturbed, diff, k, lu, *, unravel):
     del perturbed, diff, lu, unravel
     return k, None
 
 
-@implicit_root.def_bwd
-def _implicit_root_bwd(residuals, k_bar, perturbed, diff, k, lu, unravel):
+@_root_by_vjp.def_bwd
+def _root_by_vjp_bwd(residuals, k_bar, perturbed, diff, k, lu, *, unravel):
     del residuals, perturbed
     zeros = jax.tree_util.tree_map(
         jnp.zeros_like, eqx.filter(diff, eqx.is_inexact_array)
     )
     if k_bar is None:
         return zeros
-    _, vjp = eqx.filter_vjp(lambda d, k: _residual(d, k, unravel), diff, k)
-    eps = jnp.finfo(k.dtype).eps
-
-    # Iterative refinement of (I - hγ J(Y))^T λ = k̄ preconditioned by M^{-T}.
-    def cond(carry):
-        _, _, m, done = carry
-        return ~done & (m < _REFINEMENT_SWEEPS)
-
-    def body(carry):
-        lam, _, m, _ = carry
-        d_bar, dk = vjp(lam)
-        r = k_bar - lam + dk
-        size = jnp.max(jnp.abs(k_bar)) + jnp.max(jnp.abs(lam)) + jnp.max(jnp.abs(dk))
-        done = jnp.max(jnp.abs(r)) <= 4 * eps * size
-        lam = jnp.where(done, lam, lam + lu_solve(lu, r, transpose=True))
-        return lam, d_bar, m + 1, done
-
-    lam0 = lu_solve(lu, k_bar, transpose=True)
-    lam, d_bar, _, done = lax.while_loop(
-        cond, body, (lam0, zeros, jnp.asarray(0, jnp.int32), jnp.array(False))
-    )
-
-    def exact(_):
-        # The matrix at the stage value itself: ∂F/∂k = hγ J(Y).
-        dF = jacobian_by_columns(lambda k: _residual(diff, k, unravel), k)
-        a = jnp.eye(k.shape[0], dtype=k.dtype) - dF
-        lam = lx.linear_solve(lx.MatrixLinearOperator(a.T), k_bar, lx.LU()).value
-        return vjp(lam)[0]
-
-    return lax.cond(done, lambda _: d_bar, exact, None)
+    lam = _root_tangent_transpose(diff, k, lu, k_bar, unravel=unravel)
+    _, vjp = eqx.filter_vjp(lambda d: _residual(d, k, unravel), diff)
+    return vjp(lam)[0]
