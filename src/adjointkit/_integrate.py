@@ -27,6 +27,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array, Bool, Int, PyTree, Real
 
 from ._bounded_loop import bounded_while_loop
+from ._errors import concrete_value
 from ._problem import Problem
 from ._recording import AbstractRecorder, DecisionRecorder, StepRecord
 from ._solution import RESULTS
@@ -37,11 +38,15 @@ from .solvers._base import AbstractAuxiliaryState, SolverStep
 
 
 class GridState(eqx.Module):
-    """Where a `GridStepper` is: before step `n`, at `y`, with the solver's
-    carried state `f` there (`solver.func(f)` is `f(t_n, y)`), the evaluations
-    counted so far and whether every step so far could be computed."""
+    """Where a `GridStepper` is: after `n` attempts, of which the first
+    `num_accepted` were accepted, at grid point `num_accepted` with `y` there and
+    the solver's carried state `f` (`solver.func(f)` is `f(t, y)` at that grid
+    point), the evaluations counted so far and whether every step so far could be
+    computed. Until a step fails, `num_accepted == n`; after one fails the solve
+    has stopped, and the remaining attempts of the scan leave the state as it is."""
 
     n: Int[Array, ""]
+    num_accepted: Int[Array, ""]
     y: PyTree
     f: PyTree
     evals: "Evals"
@@ -80,8 +85,15 @@ class ControlledState(eqx.Module):
 
 
 class Summary(eqx.Module):
-    """How a run ended: the final state, counters and outcome."""
+    """How a run ended: the time reached (loop time, not differentiated: `t1`
+    unless the solve stopped early), the state there, counters and outcome.
 
+    `num_steps` counts the attempts that belong to the solve: on a grid whose step
+    failed, the attempts up to and including the failed one (the scan's later
+    iterations change nothing; `stepper.attempts(final_state)` is the loop's own
+    count, which a replay must reverse)."""
+
+    t: Real[Array, ""]
     y: PyTree
     num_steps: Int[Array, ""]
     num_accepted: Int[Array, ""]
@@ -111,6 +123,16 @@ def _drop_solver_state(state):
     return eqx.tree_at(lambda s: s.f, state, None, is_leaf=lambda x: x is None)
 
 
+def _cannot_fail(result: RESULTS) -> bool:
+    """Whether a step's `result` is `successful` at trace time (an explicit
+    method's): then no failure needs handling, and the success path carries no
+    extra `select`."""
+    (value,) = jtu.tree_leaves(result)
+    (success,) = jtu.tree_leaves(RESULTS.successful)
+    value = concrete_value(value)
+    return value is not None and bool(value == success)
+
+
 def configured_solver(problem: Problem) -> AbstractSolver:
     """The problem's solver, configured for its controller (tolerances)."""
     return problem.solver.with_controller(problem.controller)
@@ -123,8 +145,10 @@ class GridStepper(eqx.Module):
         f0 = configured_solver(problem).init(
             problem.vector_field, problem.t0, problem.y0, problem.args
         )
+        zero = jnp.asarray(0, jnp.int32)
         return GridState(
-            n=jnp.asarray(0, jnp.int32),
+            n=zero,
+            num_accepted=zero,
             y=problem.y0,
             f=f0,
             evals=Evals.zero(),
@@ -134,15 +158,34 @@ class GridStepper(eqx.Module):
     def advance(
         self, problem: Problem, state: GridState
     ) -> tuple[GridState, StepRecord]:
-        """Step `n`: from grid time `n` to `n + 1`."""
-        n, num_steps = state.n, problem.num_steps
-        ta = grid_time(problem.t0, problem.t1, n, num_steps)
-        tb = grid_time(problem.t0, problem.t1, n + 1, num_steps)
+        """Attempt the step from grid point `num_accepted` to the next.
+
+        A step the solver could not compute (a Newton iteration that did not
+        converge) cannot be retried shorter on a grid: it is rejected, its cause
+        is kept in `result`, and the solve stops there. The scan's remaining
+        iterations attempt nothing new: they are rejected too, and neither `y`,
+        the counters nor the evaluations change."""
+        n, m, num_steps = state.n, state.num_accepted, problem.num_steps
+        ta = grid_time(problem.t0, problem.t1, m, num_steps)
+        tb = grid_time(problem.t0, problem.t1, m + 1, num_steps)
         solver = configured_solver(problem)
         out = solver.step(problem.vector_field, ta, tb, state.y, problem.args, state.f)
+        if _cannot_fail(out.result):
+            # No step of this solver can fail, so neither did an earlier one.
+            accept = jnp.array(True)
+            y, f, evals = out.y1, out.state, state.evals.add(out)
+            num_accepted, result = m + 1, state.result
+        else:
+            going = state.result == RESULTS.successful
+            accept = going & (out.result == RESULTS.successful)
+            y = tree_where(accept, out.y1, state.y)
+            f = tree_where(accept, out.state, state.f)
+            evals = tree_where(going, state.evals.add(out), state.evals)
+            num_accepted = m + accept.astype(jnp.int32)
+            result = RESULTS.where(going, out.result, state.result)
         step = StepRecord(
             attempt=n,
-            index=n,
+            index=m,
             t0=ta,
             t1=tb,
             y0=state.y,
@@ -150,17 +193,12 @@ class GridStepper(eqx.Module):
             f0=solver.func(state.f),
             f1=solver.func(out.state),
             dense_info=out.dense_info,
-            accepted=jnp.array(True),
+            accepted=accept,
             state=state,
             save_fn=problem.save_fn,
         )
-        # A step that could not be computed ends the solve with its cause (a
-        # constant step cannot be retried shorter).
-        result = RESULTS.where(
-            state.result == RESULTS.successful, out.result, state.result
-        )
         new_state = GridState(
-            n=n + 1, y=out.y1, f=out.state, evals=state.evals.add(out), result=result
+            n=n + 1, num_accepted=num_accepted, y=y, f=f, evals=evals, result=result
         )
         return new_state, step
 
@@ -177,15 +215,19 @@ class GridStepper(eqx.Module):
         return self
 
     def checkpoint(self, state: GridState) -> GridState:
-        """What a checkpoint keeps: the step number and `y`. (`f` is one
+        """What a checkpoint keeps: the step counts and `y`. (`f` is one
         evaluation away, and would double the memory of every checkpoint; an
         `AbstractAuxiliaryState` is kept whole.)"""
         return _drop_solver_state(state)
 
     def time(self, problem: Problem, state: GridState) -> Real[Array, ""]:
-        return grid_time(problem.t0, problem.t1, state.n, problem.num_steps)
+        return grid_time(problem.t0, problem.t1, state.num_accepted, problem.num_steps)
 
     def accepted(self, state: GridState) -> Int[Array, ""]:
+        return state.num_accepted
+
+    def attempts(self, state: GridState) -> Int[Array, ""]:
+        """The loop's iterations so far (what a replay reverses)."""
         return state.n
 
     def restore(self, problem: Problem, kept: GridState) -> GridState:
@@ -193,24 +235,26 @@ class GridStepper(eqx.Module):
         exactly as the step that produced it computed it)."""
         if kept.f is not None:
             return kept
-        t = grid_time(problem.t0, problem.t1, kept.n, problem.num_steps)
+        t = grid_time(problem.t0, problem.t1, kept.num_accepted, problem.num_steps)
         f = configured_solver(problem).init(
             problem.vector_field, t, kept.y, problem.args
         )
         return eqx.tree_at(lambda s: s.f, kept, f, is_leaf=lambda x: x is None)
 
     def summary(self, problem: Problem, state: GridState) -> Summary:
-        n_run = self.num_attempts(problem)
         result = state.result
-        if n_run != problem.num_steps:
+        if self.num_attempts(problem) != problem.num_steps:
             result = RESULTS.where(
                 result == RESULTS.successful, RESULTS.max_steps_reached, result
             )
-        count = jnp.asarray(n_run, jnp.int32)
+        # The attempts of the solve: those accepted, and the one that failed.
+        failed = (state.result != RESULTS.successful).astype(jnp.int32)
+        t = grid_time(problem.t0, problem.t1, state.num_accepted, problem.num_steps)
         return Summary(
+            t=lax.stop_gradient(t),
             y=state.y,
-            num_steps=count,
-            num_accepted=count,
+            num_steps=state.num_accepted + failed,
+            num_accepted=state.num_accepted,
             result=result,
             evals=state.evals,
         )
@@ -275,7 +319,8 @@ class ControlledStepper(eqx.Module):
         )
         y1, y_error = out.y1, out.y_error
         step_failed = out.result != RESULTS.successful
-        if controller.adaptive and y_error is not None:
+        retried = controller.adaptive and y_error is not None
+        if retried:
             # A step the solver could not compute (a Newton iteration that did
             # not converge) is rejected and retried shorter: an infinite error
             # makes the controller shrink the step as much as it may.
@@ -303,8 +348,16 @@ class ControlledStepper(eqx.Module):
                 next_t0 - lax.stop_gradient(next_t0)
             )
             controller_state, failed = state.controller_state, jnp.array(False)
-        next_tnext = _clip_to_end(problem, proposed)
         result = state.result
+        if not retried and not _cannot_fail(out.result):
+            # A constant step cannot be retried shorter: a failed one is rejected
+            # and the solve stops there, naming the cause (as on a grid).
+            accept = accept & ~step_failed
+            next_t0 = jnp.where(step_failed, state.t, next_t0)
+            result = RESULTS.where(
+                step_failed & (result == RESULTS.successful), out.result, result
+            )
+        next_tnext = _clip_to_end(problem, proposed)
         if controller.adaptive:
             # A step that cannot be made: the controller gave up (dtmin), or the
             # step size fell to the floating-point limit. Name the cause: usually a
@@ -369,6 +422,10 @@ class ControlledStepper(eqx.Module):
     def accepted(self, state: ControlledState) -> Int[Array, ""]:
         return state.num_accepted
 
+    def attempts(self, state: ControlledState) -> Int[Array, ""]:
+        """The loop's iterations so far (what a replay reverses)."""
+        return state.num_steps
+
     def restore(self, problem: Problem, kept: ControlledState) -> ControlledState:
         if kept.f is not None:
             return kept
@@ -387,6 +444,7 @@ class ControlledStepper(eqx.Module):
     def summary(self, problem: Problem, state: ControlledState) -> Summary:
         unfinished = (state.t < problem.t1) & (state.result == RESULTS.successful)
         return Summary(
+            t=lax.stop_gradient(state.t),
             y=state.y,
             num_steps=state.num_steps,
             num_accepted=state.num_accepted,

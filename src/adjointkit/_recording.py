@@ -209,8 +209,8 @@ class TsRecorder(AbstractRecorder):
 
     The record is `(ys, ts)`: `ts` is carried unchanged so that its cotangent
     (the sensitivity to the save times) flows back through the record like any
-    other. A save time no step reaches (only when `t0 == t1`) is left for the
-    caller to fill with `y0`.
+    other. A save time no step reaches (when `t0 == t1`, or past the point where
+    a failed solve stopped) is left for the caller to fill (`y0`, or `inf`).
 
     The save times within one step are written by a loop over them. With
     `differentiable=True` that loop is a `bounded_while_loop` (at most `len(ts)`

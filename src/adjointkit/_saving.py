@@ -8,7 +8,7 @@ from jaxtyping import PyTree
 from ._errors import concrete_value
 from ._integrate import Summary, num_f_evals
 from ._problem import Problem
-from ._solution import Solution
+from ._solution import RESULTS, Solution
 
 
 def _stack_parts(parts):
@@ -93,19 +93,26 @@ def assemble_solution(
     # `fn` of `SaveAt(fn=...)`: the recorders applied it to the values at `ts` and
     # at the steps already; the two ends are single values, applied here.
     at = (lambda t, y: y) if problem.save_fn is None else problem.save_fn
+    # A solve that failed (`max_steps`, a step that could not be computed, ...)
+    # stopped at `summary.t`: as in Diffrax, what it would have saved after that
+    # is `inf` (times and values), and `t1=True` saves where it stopped.
+    failed = summary.result != RESULTS.successful
     if problem.save_t0:
         ts_parts.append(problem.t0[None])
         ys_parts.append(_one(at(problem.t0, problem.y0)))
     if problem.ts is not None:
-        ts_parts.append(problem.ts)
-        ys_parts.append(ys_at_ts)
+        ts_parts.append(_unreached(failed, summary.t, problem.ts))
+        ys_parts.append(_unreached_values(failed, summary.t, problem.ts, ys_at_ts))
     if problem.save_steps:
         step_ts, step_ys = steps
-        ts_parts.append(step_ts)
-        ys_parts.append(step_ys)
+        # Rows past the accepted steps are `inf` already, but for the last
+        # attempt, written before it was rejected.
+        ts_parts.append(_unreached(failed, summary.t, step_ts))
+        ys_parts.append(_unreached_values(failed, summary.t, step_ts, step_ys))
     if problem.save_t1:
-        ts_parts.append(problem.t1[None])
-        ys_parts.append(_one(at(problem.t1, summary.y)))
+        t_end = jnp.where(failed, summary.t, problem.t1)
+        ts_parts.append(t_end[None])
+        ys_parts.append(_one(at(t_end, summary.y)))
     ts = _stack_parts(ts_parts)
     if ts is not None and not _is_one(d):
         # Unused rows (adaptive `steps=True`) stay `+inf` whatever the direction.
@@ -130,6 +137,24 @@ def assemble_solution(
         dense=dense,
         direction=d,
     )
+
+
+def _unreached(failed, t_end, ts):
+    """`ts` with the times after `t_end` replaced by `inf` if the solve failed."""
+    return jnp.where(failed & (ts > t_end), jnp.inf, ts)
+
+
+def _unreached_values(failed, t_end, ts, ys):
+    """`ys` (saved at `ts`, leading axis) with the floating values saved after
+    `t_end` replaced by `inf` if the solve failed (integer ones are kept)."""
+    past = failed & (ts > t_end)
+
+    def fill(y):
+        if not jnp.issubdtype(y.dtype, jnp.inexact):
+            return y
+        return jnp.where(past.reshape(past.shape + (1,) * (y.ndim - 1)), jnp.inf, y)
+
+    return jtu.tree_map(fill, ys)
 
 
 def _is_one(d) -> bool:

@@ -18,11 +18,12 @@ class RESULTS(eqx.Enumeration):
       step above `dtmin` (or the floating-point limit).
     - `nonlinear_solve_failed`: an implicit solver's Newton iteration did not
       converge (a step that fails is rejected and retried shorter; this is the
-      outcome when that cannot help).
+      outcome when that cannot help: with constant steps, at once).
 
     With `solve(..., throw=True)` (the default) any value but `successful` raises
     an error carrying its message; with `throw=False` it is returned in
-    `Solution.result`.
+    `Solution.result`, with the solution up to the point where the solve
+    stopped (what would have been saved after it is `inf`; see `Solution`).
     """
 
     successful = "The solve reached `t1`."
@@ -58,6 +59,10 @@ class Solution(eqx.Module):
 
     - `ts`: the saved times (per `SaveAt`), or `None` if nothing was saved.
     - `ys`: the saved values, a pytree like `y0` with a leading save axis.
+      After a failure (`throw=False`) the solve stopped at the last point it
+      reached: the times and values it would have saved after that point are
+      `inf`, and `SaveAt(t1=True)`'s entry is that point (its time and state),
+      as in Diffrax.
     - `stats`: a dict of integer counters: `num_steps` (attempted),
       `num_accepted_steps`, `num_rejected_steps`, `num_f_evals`. Adjoints that run
       a backward solve may add their own (e.g. `backward_num_steps`).

@@ -97,7 +97,9 @@ def solution_from_records(
     ys_at_ts = None
     if problem.ts is not None:
         ys_at_ts, _ = records["ts"]
-        # Save times no step reached: only when t0 == t1, where y = y0.
+        # Save times no step reached when none was accepted: t0 == t1, where
+        # y = y0, or a first step that failed, where the times at t0 have y0 and
+        # `assemble_solution` fills the others with inf.
         ys_at_ts = jtu.tree_map(
             lambda ys, y0: jnp.where(summary.num_accepted > 0, ys, y0[None]),
             ys_at_ts,
