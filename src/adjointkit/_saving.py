@@ -101,14 +101,15 @@ def assemble_solution(
         ts_parts.append(problem.t0[None])
         ys_parts.append(_one(at(problem.t0, problem.y0)))
     if problem.ts is not None:
-        ts_parts.append(_unreached(failed, summary.t, problem.ts))
-        ys_parts.append(_unreached_values(failed, summary.t, problem.ts, ys_at_ts))
+        ts_i, ys_i = _fill_unreached(failed, summary.t, problem.ts, ys_at_ts)
+        ts_parts.append(ts_i)
+        ys_parts.append(ys_i)
     if problem.save_steps:
-        step_ts, step_ys = steps
         # Rows past the accepted steps are `inf` already, but for the last
         # attempt, written before it was rejected.
-        ts_parts.append(_unreached(failed, summary.t, step_ts))
-        ys_parts.append(_unreached_values(failed, summary.t, step_ts, step_ys))
+        ts_i, ys_i = _fill_unreached(failed, summary.t, *steps)
+        ts_parts.append(ts_i)
+        ys_parts.append(ys_i)
     if problem.save_t1:
         t_end = jnp.where(failed, summary.t, problem.t1)
         ts_parts.append(t_end[None])
@@ -139,14 +140,10 @@ def assemble_solution(
     )
 
 
-def _unreached(failed, t_end, ts):
-    """`ts` with the times after `t_end` replaced by `inf` if the solve failed."""
-    return jnp.where(failed & (ts > t_end), jnp.inf, ts)
-
-
-def _unreached_values(failed, t_end, ts, ys):
-    """`ys` (saved at `ts`, leading axis) with the floating values saved after
-    `t_end` replaced by `inf` if the solve failed (integer ones are kept)."""
+def _fill_unreached(failed, t_end, ts, ys):
+    """`(ts, ys)` (`ys` with a leading axis along `ts`) with the times after
+    `t_end`, and the floating values saved there, replaced by `inf` if the solve
+    failed (integer values are kept)."""
     past = failed & (ts > t_end)
 
     def fill(y):
@@ -154,7 +151,7 @@ def _unreached_values(failed, t_end, ts, ys):
             return y
         return jnp.where(past.reshape(past.shape + (1,) * (y.ndim - 1)), jnp.inf, y)
 
-    return jtu.tree_map(fill, ys)
+    return jnp.where(past, jnp.inf, ts), jtu.tree_map(fill, ys)
 
 
 def _is_one(d) -> bool:

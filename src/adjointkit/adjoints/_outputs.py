@@ -82,6 +82,16 @@ def plain_records(records: dict) -> dict:
     }
 
 
+def values_at_ts(ys_at_ts, summary: Summary, y0):
+    """The values recorded at `SaveAt(ts=...)`, with `y0` at the save times that
+    no step reached because none was accepted: `t0 == t1`, where y = y0, or a
+    first step that failed, where the times at t0 have y0 (`assemble_solution`
+    fills the others with inf)."""
+    return jtu.tree_map(
+        lambda ys, y: jnp.where(summary.num_accepted > 0, ys, y[None]), ys_at_ts, y0
+    )
+
+
 def solution_from_records(
     problem: Problem, summary: Summary, records: dict, *, discrete: bool
 ) -> Solution:
@@ -96,15 +106,7 @@ def solution_from_records(
         return _solution_with_saved_fn(problem, summary, records, discrete=discrete)
     ys_at_ts = None
     if problem.ts is not None:
-        ys_at_ts, _ = records["ts"]
-        # Save times no step reached when none was accepted: t0 == t1, where
-        # y = y0, or a first step that failed, where the times at t0 have y0 and
-        # `assemble_solution` fills the others with inf.
-        ys_at_ts = jtu.tree_map(
-            lambda ys, y0: jnp.where(summary.num_accepted > 0, ys, y0[None]),
-            ys_at_ts,
-            problem.y0,
-        )
+        ys_at_ts = values_at_ts(records["ts"][0], summary, problem.y0)
     if discrete or problem.ts is not None:
         # The `where` above hides the saved values of a zero-length solve from the
         # custom VJP, so every adjoint adds their time derivatives here; the
