@@ -37,9 +37,25 @@ class BacksolveAdjoint(AbstractAdjoint):
         time, which helps only where there are save times. Prefer
         `InterpolatedAdjoint` or `QuadratureAdjoint` for such problems.
 
+        The drift is checked, not just warned of: y0 is known, and so are the
+        values saved at `SaveAt(ts=...)`. Where the `y` solved backward misses
+        them by more than `1e4` times the tolerance (`max |Δy| / (atol + rtol
+        |y|)` with the looser of the forward and backward controllers'; after
+        constant steps, whose accuracy no tolerance states, by more than
+        `1 + |y|`), or the backward solve fails, the gradient is refused with
+        an error (with `solve(..., throw=False)`: NaN; `collect_backward_stats`
+        reports the `reconstruction_error`).
+
     **Arguments:**
 
-    - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `solver`, `controller`: for the backward solve (default: the forward ones,
+      except with an implicit backward solver and constant steps: then a
+      `PIDController` at the solver's `rtol`/`atol` (else `10 sqrt(eps)`),
+      starting with the forward's step and never longer, so that the backward
+      solve controls its own error where an L-stable step would cross the
+      adjoint's fast layers unresolved; `controller=ConstantStepSize()` takes
+      the forward's steps). The same default holds for `InterpolatedAdjoint`
+      and `QuadratureAdjoint`.
     - `max_steps`: the backward solve's budget of steps (on each stretch between
       save times). `None` (default): twice the forward solve's `max_steps`, since
       the adjoint system is larger than the primal and often needs more steps.

@@ -26,6 +26,7 @@ backward solve is another `Problem` with direction -1, run by the same loop.
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -52,6 +53,7 @@ from ..checkpointing._plan import AbstractSegmentedPlan, OnlinePlan
 from ..checkpointing._reverse import kept_in_order
 from ..checkpointing._store import CheckpointRecorder
 from ..controllers import PIDController, adjoint_seminorm, rms_norm
+from ..controllers._constant import num_constant_steps
 from ..interpolation import AbstractInterpolation, Trajectory
 from ..solvers import AbstractSolver
 from ..solvers._base import SolverStep
@@ -60,6 +62,7 @@ from ._outputs import (
     plain_records,
     solution_from_records,
     tree_add,
+    values_at_ts,
     zeros_where_none,
 )
 
@@ -69,7 +72,8 @@ class _Spec:
     """How a continuous adjoint runs its backward pass (static): where y(t) comes
     from (`primal`), how dL/dθ is accumulated (`parameters`), and the backward
     solve's own solver, controller and step budget (`None`: the forward ones;
-    for `max_steps`, twice the forward's)."""
+    for the controller, `default_backward_controller`; for `max_steps`, twice
+    the forward's)."""
 
     primal: "AbstractPrimalSource"
     parameters: "AbstractParameterAccumulation"
@@ -93,12 +97,18 @@ class collect_backward_stats:
     stats[0]["num_steps"], stats[0]["num_f_evals"]
     ```
 
-    Each entry is a dict of integers: `num_steps`, `num_accepted_steps`,
+    Each entry is a dict: the integers `num_steps`, `num_accepted_steps`,
     `num_rejected_steps`, `num_f_evals` (evaluations of `f`, each together with its
-    vector-Jacobian product) of the backward solves of one pullback; and `result`,
-    the message of the `RESULTS` value the backward solve ended with (how to read
-    a NaN gradient from `solve(..., throw=False)`). Under `vmap` the values are
-    arrays.
+    vector-Jacobian product) of the backward solves of one pullback; `result`,
+    the message of the `RESULTS` value the backward solve ended with; and
+    `reconstruction_error`, a float: for `BacksolveAdjoint`, the largest
+    difference between the y it solved backward and the forward solution (at
+    `t0` and the `SaveAt(ts=...)` times), `max |Δy| / (atol + rtol |y|)` with the
+    solves' tolerances (with constant forward steps, `rtol = atol = 1e-4`); 0
+    for the others. A gradient is refused (with `throw=False`, NaN) when the
+    backward solve failed or when `reconstruction_error` exceeds `1e4` (or 10
+    per forward and backward step, if more); these two entries say which. Under
+    `vmap` the values are arrays.
 
     **Arguments:** none.
 
@@ -255,6 +265,10 @@ class _Sweep(eqx.Module):
     num_accepted: Int[Array, ""]
     num_f_evals: Int[Array, ""]
     result: RESULTS
+    # `BacksolveAdjoint`: the largest difference so far between the y it solved
+    # backward and the forward solution, in units of the tolerance
+    # (`_reconstruction_error`).
+    reconstruction_error: Real[Array, ""]
 
 
 # --- the strategies: how dL/dθ is accumulated ----------------------------------------
@@ -350,7 +364,10 @@ class AbstractPrimalSource(eqx.Module):
     - how y enters the adjoint state: `initial_y(y(t1))` (its `y` component at
       `t1`, `None`: none), `y_at(s, z, y_of_s)` (y at `s`),
       `y_derivative(f)` (the `y` component of the adjoint field) and
-      `at_save_time(z, y_i)` (the state after a save time with value `y_i`).
+      `at_save_time(z, y_i)` (the state after a save time with value `y_i`);
+    - `reconstructed_y(z)`: the y the backward solve computed itself (to be
+      checked against the forward solution where that is known), `None` if it
+      reads y from the forward solution.
     """
 
     @abc.abstractmethod
@@ -368,6 +385,10 @@ class AbstractPrimalSource(eqx.Module):
     @abc.abstractmethod
     def y_at(self, s, z: AdjointState, y_of_s):
         """y at `s`, from the adjoint state `z` or from `y_of_s`."""
+
+    @abc.abstractmethod
+    def reconstructed_y(self, z: AdjointState):
+        """The y solved backward in `z`, or `None` if y is not solved backward."""
 
     @abc.abstractmethod
     def y_derivative(self, fy):
@@ -400,6 +421,9 @@ class SolvedBackward(AbstractPrimalSource):
         del s, y_of_s
         return z.y
 
+    def reconstructed_y(self, z):
+        return z.y
+
     def y_derivative(self, fy):
         return fy
 
@@ -422,6 +446,10 @@ class AbstractTrajectorySource(AbstractPrimalSource):
     def y_at(self, s, z, y_of_s):
         del z
         return y_of_s(s)
+
+    def reconstructed_y(self, z):
+        del z
+        return None
 
     def y_derivative(self, fy):
         del fy
@@ -573,6 +601,131 @@ def trajectory_source(
     return RebuiltTrajectory(interpolation, plan)
 
 
+# --- the backward solve's own error control ----------------------------------------
+
+# How far (in units of the tolerance, `_reconstruction_error`) the y that
+# `BacksolveAdjoint` solves backward may stray from the forward solution before
+# the gradient is refused. The reasoning, with an adaptive forward solve:
+#
+# - healthy: each accepted step's local error is at most one tolerance (the
+#   controller's test), and where the backward solve does not amplify errors the
+#   difference is a sum of the forward and backward local errors. Measured
+#   (Tsit5, float32 and float64, rtol 1e-3 to 1e-10): at most 91, on
+#   Lotka--Volterra over [0, 50] at rtol 1e-6 (730 forward and backward steps,
+#   about 0.1 per step); 75 for 8 steps at rtol 1e-3; below 10 on Neural ODEs.
+#   A sum of local errors can grow with the steps taken, so the limit grows with
+#   them too: `RECONSTRUCTION_PER_STEP` per forward and backward step.
+# - diverging: errors grow like the backward propagator, exponentially in time
+#   where the forward dynamics contract. Measured: 1e6 on a linear problem with
+#   decay rates 0.2 and 4 over [0, 4] (e^16 between the modes; the gradient 6e-2
+#   off at rtol 1e-6); past the float64 range (inf) on the stiff kinetics (rates
+#   1 and 1000) of tests/test_reliability_continuous.py backward with the
+#   forward's constant steps (parameter gradients of 1e147).
+#
+# 1e4 sits two orders of magnitude from both; where the backward solve
+# diverges, the difference usually grows far past any limit anyway. The check
+# is conservative: on a linear problem the adjoint decays backward where y's
+# error grows, and the two can cancel in the gradient (rates 1 and 20, Tsit5 at
+# rtol 1e-8: y misses y0 by 1e7 tolerances, the gradient is within 1e-3); a y
+# that far off is refused all the same, since nothing at run time can tell
+# that case from the nonlinear one above.
+RECONSTRUCTION_LIMIT = 1e4
+RECONSTRUCTION_PER_STEP = 10
+# With constant forward steps no tolerance states the forward solution's
+# accuracy (an implicit solver's `rtol`/`atol` are those of its stage solves,
+# not of its steps), so a difference from the forward's discretisation error
+# cannot be told from one amplified by the backward solve. Only a gross
+# divergence is then refused: `rtol = atol = 1 / RECONSTRUCTION_LIMIT`, i.e. a
+# difference larger than `1 + |y|` (measured with constant Tsit5 steps: 1.4e-3
+# relative on Lotka--Volterra with 20 steps over [0, 5], 1e-4 on a tanh field with
+# 20 over [0, 10]; inf on the stiff kinetics).
+_UNSTATED_TOLERANCE = 1 / RECONSTRUCTION_LIMIT
+
+
+def _state_dtype(problem: Problem):
+    leaves = jtu.tree_leaves(problem.y0)
+    return jnp.result_type(*leaves) if leaves else problem.t0.dtype
+
+
+def _stated_tolerances(*sources):
+    """The loosest `rtol` and `atol` stated by `sources` (controllers, solvers),
+    `None` where none states one."""
+    out = []
+    for name in ("rtol", "atol"):
+        values = [getattr(x, name, None) for x in sources]
+        values = [jnp.max(jnp.asarray(v)) for v in values if v is not None]
+        out.append(None if not values else functools.reduce(jnp.maximum, values))
+    return tuple(out)
+
+
+def default_backward_controller(problem: Problem, solver: AbstractSolver):
+    """The backward solve's controller when the adjoint is given none, and the
+    first step it tries (`None`: chosen automatically).
+
+    The forward's controller, except with constant steps and an implicit backward
+    solver. An L-stable method steps stably across a stiff layer it does not
+    resolve (|hλ| >> 1): the forward solution after it is right, and the discrete
+    adjoints differentiate what was computed. But the adjoint ODE has the same
+    fast modes, and its parameter integral `∫ a^T df/dθ dt` across such a step,
+    from the step's stages or its dense output, can be wrong by more than its
+    size (dL/dk2 of the wrong sign on the kinetics of
+    tests/test_reliability_continuous.py). So the backward solve controls its own
+    error: a `PIDController` at the implicit solver's own `rtol`/`atol` (else
+    `10 sqrt(eps)` of the state's dtype, its stage solves' default under constant
+    steps), starting with the forward's step and never exceeding it. Where its
+    error estimate is within the tolerance it takes the forward's step size, so it
+    is never coarser than before; it refines where those steps do not resolve
+    the adjoint.
+
+    An explicit solver keeps the forward's constant steps: a constant-step solve
+    with it is stable only if `h |λ|` is bounded for every mode, and the adjoint,
+    with the same modes, is then resolved as well as the forward solution is. So
+    does a solver without an error estimate (no adaptive control is possible).
+    """
+    controller = problem.controller
+    if (
+        controller.adaptive
+        or not solver.evaluates_jacobian
+        or solver.error_order is None
+        or problem.dt0 is None
+    ):
+        return controller, None
+    eps = float(jnp.finfo(_state_dtype(problem)).eps)
+    rtol, atol = _stated_tolerances(solver)
+    rtol = 10 * eps**0.5 if rtol is None else rtol
+    atol = 10 * eps**0.5 if atol is None else atol
+    n = problem.num_steps
+    if n is None:
+        n = jnp.maximum(num_constant_steps(problem.t0, problem.t1, problem.dt0), 1)
+    # The forward grid's step, `(t1 - t0) / N` (no longer than `dt0`).
+    h = lax.stop_gradient((problem.t1 - problem.t0) / n)
+    return PIDController(rtol=rtol, atol=atol, dtmax=h), h
+
+
+def _reconstruction_tolerance(problem: Problem, backward_controller):
+    """`rtol`, `atol` against which a y solved backward is checked: the looser of
+    the forward and backward controllers' (the difference holds the errors of
+    both solves), or `_UNSTATED_TOLERANCE` with constant forward steps."""
+    unstated = _UNSTATED_TOLERANCE
+    if not problem.controller.adaptive:
+        return unstated, unstated
+    rtol, atol = _stated_tolerances(problem.controller, backward_controller)
+    return (unstated if rtol is None else rtol), (unstated if atol is None else atol)
+
+
+def _reconstruction_error(y_back, y_ref, rtol, atol):
+    """`max |y_back - y_ref| / (atol + rtol |y_ref|)` over every component (inf
+    if not finite). The max, not the RMS of the step-size controllers: one
+    diverging component among many is divergence."""
+    scaled = jtu.tree_map(
+        lambda b, r: jnp.max(jnp.abs(b - r) / (atol + rtol * jnp.abs(r)), initial=0),
+        y_back,
+        y_ref,
+    )
+    error = functools.reduce(jnp.maximum, jtu.tree_leaves(scaled), jnp.zeros(()))
+    return jnp.where(jnp.isnan(error), jnp.inf, error)
+
+
 def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     """Solve the adjoint ODE from t1 back to t0; return the cotangent of
     `problem`."""
@@ -608,10 +761,13 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         return field
 
     solver = spec.solver if spec.solver is not None else problem.solver
-    controller = parameters.backward_controller(
-        spec.controller if spec.controller is not None else problem.controller
-    )
-    dt0 = None if controller.adaptive else problem.dt0
+    if spec.controller is not None:
+        controller, dt0 = spec.controller, None
+    else:
+        controller, dt0 = default_backward_controller(problem, solver)
+    controller = parameters.backward_controller(controller)
+    if not controller.adaptive:
+        dt0 = problem.dt0
     backward_max_steps = (
         2 * problem.max_steps if spec.max_steps is None else spec.max_steps
     )
@@ -652,12 +808,26 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         )
 
     ts = problem.ts if problem.ts is not None else jnp.zeros((0,), problem.t0.dtype)
+    rtol, atol = _reconstruction_tolerance(problem, controller)
+
+    def checked(c: _Sweep, y_ref) -> _Sweep:
+        """`c`, its y (if solved backward) checked against the forward solution
+        `y_ref` at the same time: the running maximum of
+        `_reconstruction_error`."""
+        y_back = primal.reconstructed_y(c.z)
+        if y_back is None:
+            return c
+        error = _reconstruction_error(y_back, y_ref, rtol, atol)
+        error = jnp.maximum(c.reconstruction_error, error.astype(problem.t0.dtype))
+        return eqx.tree_at(lambda x: x.reconstruction_error, c, error)
 
     def jump(c: _Sweep) -> _Sweep:
         """At save time i: a gains dL/dy(t_i); dL/dt_i = <dL/dy(t_i), f(t_i, y_i)>."""
         i = c.save
         ct_i = jtu.tree_map(lambda x: x[i], ct_ys)
         y_i = jtu.tree_map(lambda x: x[i], ys_ts)
+        # Before `reanchor` resets it: how far the y solved backward has drifted.
+        c = checked(c, y_i)
         z = eqx.tree_at(lambda z: z.a, c.z, tree_add(c.z.a, ct_i))
         z = primal.at_save_time(z, y_i)
         ct_t = _tree_dot(ct_i, vf(ts[i], y_i, theta))
@@ -694,9 +864,12 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         num_accepted=zero,
         num_f_evals=zero,
         result=RESULTS.successful,
+        reconstruction_error=jnp.zeros((), problem.t0.dtype),
     )
 
     c = primal.sweep(problem, internal, final_state, num_steps, c, sweep)
+    # y0 is known: a y solved backward must come back to it.
+    c = checked(c, problem.y0)
 
     a0 = c.z.a
     ct_t0 = -_tree_dot(a0, vf(problem.t0, problem.y0, theta))
@@ -717,13 +890,18 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
     if problem.ts is not None:
         ct = eqx.tree_at(lambda p: p.ts, ct, c.ct_ts)
     failed = c.result != RESULTS.successful
+    limit = jnp.maximum(
+        RECONSTRUCTION_LIMIT,
+        RECONSTRUCTION_PER_STEP * (num_steps + c.num_steps).astype(problem.t0.dtype),
+    )
+    # `not <=`: a NaN difference is divergence too.
+    diverged = ~(c.reconstruction_error <= limit)
     if not problem.throw:
         # As the forward solve does with throw=False: no error, and nothing that
         # looks like a gradient. The cause is in `collect_backward_stats`.
-        return jtu.tree_map(
-            lambda x: jnp.where(failed, jnp.full_like(x, jnp.nan), x), ct
-        )
-    message = (
+        bad = failed | diverged
+        return jtu.tree_map(lambda x: jnp.where(bad, jnp.full_like(x, jnp.nan), x), ct)
+    failure = (
         "The backward (adjoint) solve failed: it reached its `max_steps`, met a "
         "NaN or infinite state, or needed a step below `dtmin` / the "
         "floating-point limit. The adjoint ODE may be unstable backward in time "
@@ -732,7 +910,29 @@ def _backward_pass(problem: Problem, spec: _Spec, residuals, ct_final, ct_ys):
         "solve(..., throw=False) the gradient is NaN instead and the cause is "
         "reported by collect_backward_stats."
     )
-    return eqx.error_if(ct, failed, message)
+    if isinstance(primal, SolvedBackward):
+        failure += (
+            " With BacksolveAdjoint the usual cause is the primal ODE solved "
+            "backward in time alongside the adjoint, which is unstable for stiff "
+            "or dissipative problems: use InterpolatedAdjoint(), "
+            "QuadratureAdjoint() or CheckpointedAdjoint() instead."
+        )
+    # Only BacksolveAdjoint solves y backward, so only it can diverge.
+    divergence = (
+        "BacksolveAdjoint: the primal ODE, solved backward in time alongside the "
+        "adjoint, diverged: it does not return to the forward solution (to y0 at "
+        "t0, or to the values saved at SaveAt(ts=...)): it is off by more than "
+        f"{RECONSTRUCTION_LIMIT:g} times the tolerance (after a solve with "
+        "constant steps, by more than 1 + |y|), so a gradient computed along it "
+        "would be wrong. This is typical of stiff or dissipative "
+        "problems: what contracts forward in time expands backward. Use "
+        "InterpolatedAdjoint() or QuadratureAdjoint() (they read y from the "
+        "forward solve) or CheckpointedAdjoint() (the exact gradient of the "
+        "computed solution). With solve(..., throw=False) the gradient is NaN "
+        "instead, and collect_backward_stats reports `reconstruction_error`."
+    )
+    index = jnp.where(failed, 0, 1)
+    return eqx.branched_error_if(ct, failed | diverged, index, (failure, divergence))
 
 
 def _report_stats(c: _Sweep):
@@ -742,6 +942,7 @@ def _report_stats(c: _Sweep):
         num_rejected_steps=c.num_steps - c.num_accepted,
         num_f_evals=c.num_f_evals,
         result=c.result._value,
+        reconstruction_error=c.reconstruction_error,
     )
     jax.debug.callback(_report, stats)
 
@@ -780,7 +981,11 @@ def _continuous_fwd(perturbed, problem: Problem, spec: _Spec):
     recorders = {**output_recorders(problem), **kept}
     summary, final_state, records = run(problem, recorders, differentiable=False)
     internal = plain_records({name: records.pop(name) for name in kept})
-    ys_ts = records["ts"][0] if "ts" in records else None
+    # As the solution holds them: the backward pass resets y to them and checks
+    # y against them.
+    ys_ts = None
+    if "ts" in records:
+        ys_ts = values_at_ts(records["ts"][0], summary, problem.y0)
     residuals = (summary.y, final_state, ys_ts, internal, summary.num_steps)
     return (summary, plain_records(records)), residuals
 

@@ -57,7 +57,9 @@ class InterpolatedAdjoint(AbstractAdjoint):
       of it). `EveryKSteps(k)`: the state before every `k`-th step.
       `BinomialCheckpoints(c)`: `c` states, every `ceil(N / c)`-th for `N` known
       steps, else every `s`-th with `s` doubling whenever they fill.
-    - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `solver`, `controller`: for the backward solve (default: the forward ones;
+      with an implicit backward solver and constant steps, an adaptive one that
+      never steps past the forward's step, see `BacksolveAdjoint`).
     - `max_steps`: the backward solve's budget of steps (on each stretch between
       save times). `None` (default): twice the forward solve's `max_steps`, since
       the adjoint system is larger than the primal and often needs more steps.

@@ -40,7 +40,9 @@ class QuadratureAdjoint(AbstractAdjoint):
     - `quadrature_order`: Gauss--Legendre points per backward step (at least 2);
       the rule is exact for polynomials of degree `2 * order - 1`. `None`: the
       least order that matches the backward solver's order (3 for Tsit5).
-    - `solver`, `controller`: for the backward solve (default: the forward ones).
+    - `solver`, `controller`: for the backward solve (default: the forward ones;
+      with an implicit backward solver and constant steps, an adaptive one that
+      never steps past the forward's step, see `BacksolveAdjoint`).
     - `max_steps`: the backward solve's budget of steps (on each stretch between
       save times). `None` (default): twice the forward solve's `max_steps`, since
       the adjoint system is larger than the primal and often needs more steps.
